@@ -1,0 +1,1 @@
+"""ckptflow: a TFX pipeline whose checkpoints and exports are MLMD artifacts."""

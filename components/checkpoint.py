@@ -1,0 +1,262 @@
+"""The `Checkpoint` artifact type and its records in ML Metadata.
+
+A Checkpoint artifact is one complete, verified training checkpoint on disk
+(a directory holding a `tf.train.Checkpoint` written with `write()`),
+registered by the Trainer execution that produced it through an OUTPUT event.
+Its MLMD state is LIVE while its files exist and DELETED once pruned; the
+custom property `state` mirrors it so that it shows in any MLMD browser.
+
+This module speaks plain ML Metadata and imports neither TensorFlow nor TFX,
+so metadata-only commands stay fast. `components/checkpoint_artifact.py`
+declares the same type as a TFX artifact class.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+from typing import Iterable, Mapping, Sequence
+
+from ml_metadata import errors as mlmd_errors
+from ml_metadata import metadata_store
+from ml_metadata.proto import metadata_store_pb2
+
+from ckptflow.pipeline.metadata import retry
+
+CHECKPOINT_TYPE_NAME = "Checkpoint"
+
+# name -> MLMD property type. The TFX artifact class is built from this too,
+# so a store that TFX registered the type in accepts our registrations.
+CHECKPOINT_PROPERTIES: Mapping[str, int] = {
+    "step": metadata_store_pb2.INT,
+    "epoch": metadata_store_pb2.INT,
+    "metrics": metadata_store_pb2.STRING,  # JSON object: name -> float
+    "size_bytes": metadata_store_pb2.INT,
+    "checksum": metadata_store_pb2.STRING,  # sha256 over the files
+    "created_at": metadata_store_pb2.STRING,  # ISO 8601, UTC
+    "tf_version": metadata_store_pb2.STRING,
+    "fingerprint": metadata_store_pb2.STRING,  # model code + hyperparameters
+    "resume_key": metadata_store_pb2.STRING,  # fingerprint + input artifacts
+}
+
+_LIVE = metadata_store_pb2.Artifact.LIVE
+_DELETED = metadata_store_pb2.Artifact.DELETED
+STATE_NAMES = {_LIVE: "LIVE", _DELETED: "DELETED"}
+
+
+def checkpoint_type() -> metadata_store_pb2.ArtifactType:
+  artifact_type = metadata_store_pb2.ArtifactType(name=CHECKPOINT_TYPE_NAME)
+  for name, property_type in CHECKPOINT_PROPERTIES.items():
+    artifact_type.properties[name] = property_type
+  return artifact_type
+
+
+def ensure_checkpoint_type(store: metadata_store.MetadataStore) -> int:
+  """Registers the Checkpoint type if needed; returns its type id."""
+  return retry(lambda: store.put_artifact_type(checkpoint_type(),
+                                               can_add_fields=True),
+               what="registering the Checkpoint type")
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckpointRecord:
+  """A Checkpoint artifact as read from MLMD."""
+
+  id: int
+  uri: str
+  step: int
+  epoch: int
+  metrics: Mapping[str, float]
+  size_bytes: int
+  checksum: str
+  created_at: str
+  state: str
+  fingerprint: str
+  resume_key: str
+  tf_version: str
+  protected: str  # why it must be kept ("exported", "promoted"), or ""
+
+  @property
+  def live(self) -> bool:
+    return self.state == "LIVE"
+
+  def as_json(self) -> dict:
+    return dataclasses.asdict(self) | {"metrics": dict(self.metrics)}
+
+  @classmethod
+  def from_artifact(cls, artifact: metadata_store_pb2.Artifact) -> "CheckpointRecord":
+    props = artifact.properties
+    custom = artifact.custom_properties
+    return cls(
+        id=artifact.id,
+        uri=artifact.uri,
+        step=props["step"].int_value,
+        epoch=props["epoch"].int_value,
+        metrics=json.loads(props["metrics"].string_value or "{}"),
+        size_bytes=props["size_bytes"].int_value,
+        checksum=props["checksum"].string_value,
+        created_at=props["created_at"].string_value,
+        state=STATE_NAMES.get(artifact.state,
+                              metadata_store_pb2.Artifact.State.Name(artifact.state)),
+        fingerprint=props["fingerprint"].string_value,
+        resume_key=props["resume_key"].string_value,
+        tf_version=props["tf_version"].string_value,
+        protected=custom["protected"].string_value if "protected" in custom else "",
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class NewCheckpoint:
+  """What the Trainer knows of a checkpoint it has written and verified."""
+
+  uri: str
+  step: int
+  epoch: int
+  metrics: Mapping[str, float]
+  size_bytes: int
+  checksum: str
+  tf_version: str
+  fingerprint: str
+  resume_key: str
+
+
+def _now_iso() -> str:
+  return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="milliseconds")
+
+
+class CheckpointRegistry:
+  """Registers one Trainer execution's checkpoints in MLMD.
+
+  Registration is idempotent: the artifact's external id is its uri plus
+  checksum, so a registration retried after a lost reply, or redone by a
+  restarted process, finds the artifact already there instead of making a
+  second one. Not thread-safe; use one registry per thread.
+  """
+
+  def __init__(self, store: metadata_store.MetadataStore, execution_id: int):
+    self._store = store
+    self._execution_id = execution_id
+    self._type_id = ensure_checkpoint_type(store)
+    # The pipeline, run and node contexts of the execution, so checkpoints
+    # show up in per-run queries like every other artifact of the run.
+    self._contexts = retry(
+        lambda: store.get_contexts_by_execution(execution_id),
+        what="reading the execution's contexts")
+
+  @property
+  def execution_id(self) -> int:
+    return self._execution_id
+
+  def register(self, checkpoint: NewCheckpoint) -> CheckpointRecord:
+    """Records `checkpoint` as a LIVE artifact, OUTPUT of this execution."""
+    external_id = f"{checkpoint.uri}@{checkpoint.checksum}"
+    existing = retry(lambda: self._store.get_artifacts_by_external_ids([external_id]),
+                     what="looking up a checkpoint")
+    if existing:
+      artifact_id = existing[0].id
+    else:
+      artifact = metadata_store_pb2.Artifact(
+          type_id=self._type_id, uri=checkpoint.uri, state=_LIVE,
+          external_id=external_id)
+      props = artifact.properties
+      props["step"].int_value = checkpoint.step
+      props["epoch"].int_value = checkpoint.epoch
+      props["metrics"].string_value = json.dumps(dict(checkpoint.metrics), sort_keys=True)
+      props["size_bytes"].int_value = checkpoint.size_bytes
+      props["checksum"].string_value = checkpoint.checksum
+      props["created_at"].string_value = _now_iso()
+      props["tf_version"].string_value = checkpoint.tf_version
+      props["fingerprint"].string_value = checkpoint.fingerprint
+      props["resume_key"].string_value = checkpoint.resume_key
+      artifact.custom_properties["state"].string_value = "LIVE"
+      try:
+        [artifact_id] = retry(lambda: self._store.put_artifacts([artifact]),
+                              what="registering a checkpoint")
+      except mlmd_errors.AlreadyExistsError:
+        # Another attempt won the race between our lookup and our put.
+        artifact_id = self._store.get_artifacts_by_external_ids([external_id])[0].id
+    self._link(artifact_id, metadata_store_pb2.Event.OUTPUT, "checkpoints",
+               checkpoint.step)
+    return get_checkpoint(self._store, artifact_id)
+
+  def record_input(self, artifact_id: int, key: str) -> None:
+    """Records that this execution read checkpoint `artifact_id` (resume,
+    warm start) as an INPUT event under `key`."""
+    self._link(artifact_id, metadata_store_pb2.Event.INPUT, key, 0)
+
+  def _link(self, artifact_id: int, event_type: int, key: str, index: int) -> None:
+    events = retry(lambda: self._store.get_events_by_artifact_ids([artifact_id]),
+                   what="reading checkpoint events")
+    if any(e.execution_id == self._execution_id and e.type == event_type
+           for e in events):
+      return
+    event = metadata_store_pb2.Event(
+        artifact_id=artifact_id, execution_id=self._execution_id, type=event_type)
+    step = event.path.steps.add()
+    step.key = key
+    step = event.path.steps.add()
+    step.index = index
+    retry(lambda: self._store.put_events([event]), what="recording a checkpoint event")
+    attributions = [metadata_store_pb2.Attribution(context_id=c.id, artifact_id=artifact_id)
+                    for c in self._contexts]
+    if attributions:
+      retry(lambda: self._store.put_attributions_and_associations(attributions, []),
+            what="attributing a checkpoint to its run")
+
+
+def get_checkpoint(store: metadata_store.MetadataStore, artifact_id: int) -> CheckpointRecord:
+  from ckptflow.pipeline.errors import CheckpointError
+  artifacts = retry(lambda: store.get_artifacts_by_id([artifact_id]),
+                    what="reading a checkpoint")
+  if not artifacts:
+    raise CheckpointError(f"no artifact with id {artifact_id}")
+  [artifact] = artifacts
+  type_ids = [t.id for t in store.get_artifact_types_by_id([artifact.type_id])
+              if t.name == CHECKPOINT_TYPE_NAME]
+  if not type_ids:
+    raise CheckpointError(f"artifact {artifact_id} is not a Checkpoint")
+  return CheckpointRecord.from_artifact(artifact)
+
+
+def list_checkpoints(store: metadata_store.MetadataStore) -> list[CheckpointRecord]:
+  """Every Checkpoint artifact in the store, oldest first."""
+  try:
+    artifacts = retry(lambda: store.get_artifacts_by_type(CHECKPOINT_TYPE_NAME),
+                      what="listing checkpoints")
+  except mlmd_errors.NotFoundError:
+    return []
+  return sorted((CheckpointRecord.from_artifact(a) for a in artifacts),
+                key=lambda r: r.id)
+
+
+def set_states(store: metadata_store.MetadataStore, artifact_ids: Iterable[int],
+               state: int) -> None:
+  """Moves checkpoints to `state` (LIVE or DELETED), keeping the custom
+  property `state` in step with MLMD's own state field."""
+  ids = list(artifact_ids)
+  if not ids:
+    return
+  artifacts = retry(lambda: store.get_artifacts_by_id(ids), what="reading checkpoints")
+  for artifact in artifacts:
+    artifact.state = state
+    artifact.custom_properties["state"].string_value = STATE_NAMES[state]
+  retry(lambda: store.put_artifacts(artifacts), what="updating checkpoint states")
+
+
+def set_protected(store: metadata_store.MetadataStore, artifact_id: int,
+                  reason: str) -> None:
+  """Marks a checkpoint as never to be pruned (it was exported or promoted)."""
+  [artifact] = retry(lambda: store.get_artifacts_by_id([artifact_id]),
+                     what="reading a checkpoint")
+  artifact.custom_properties["protected"].string_value = reason
+  retry(lambda: store.put_artifacts([artifact]), what="protecting a checkpoint")
+
+
+def producer_execution_ids(store: metadata_store.MetadataStore,
+                           artifact_ids: Sequence[int]) -> dict[int, int]:
+  """artifact id -> id of the execution that has it as OUTPUT."""
+  events = retry(lambda: store.get_events_by_artifact_ids(list(artifact_ids)),
+                 what="reading checkpoint events")
+  return {e.artifact_id: e.execution_id for e in events
+          if e.type == metadata_store_pb2.Event.OUTPUT}
