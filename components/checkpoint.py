@@ -42,7 +42,10 @@ CHECKPOINT_PROPERTIES: Mapping[str, int] = {
 
 _LIVE = metadata_store_pb2.Artifact.LIVE
 _DELETED = metadata_store_pb2.Artifact.DELETED
-STATE_NAMES = {_LIVE: "LIVE", _DELETED: "DELETED"}
+_ABANDONED = metadata_store_pb2.Artifact.ABANDONED
+# LIVE: files present and verified. DELETED: pruned, files gone.
+# ABANDONED: files found damaged on restore; kept for lineage, never used.
+STATE_NAMES = {_LIVE: "LIVE", _DELETED: "DELETED", _ABANDONED: "ABANDONED"}
 
 
 def checkpoint_type() -> metadata_store_pb2.ArtifactType:
@@ -151,8 +154,7 @@ class CheckpointRegistry:
   def register(self, checkpoint: NewCheckpoint) -> CheckpointRecord:
     """Records `checkpoint` as a LIVE artifact, OUTPUT of this execution."""
     external_id = f"{checkpoint.uri}@{checkpoint.checksum}"
-    existing = retry(lambda: self._store.get_artifacts_by_external_ids([external_id]),
-                     what="looking up a checkpoint")
+    existing = _by_external_id(self._store, external_id)
     if existing:
       artifact_id = existing[0].id
     else:
@@ -175,7 +177,7 @@ class CheckpointRegistry:
                               what="registering a checkpoint")
       except mlmd_errors.AlreadyExistsError:
         # Another attempt won the race between our lookup and our put.
-        artifact_id = self._store.get_artifacts_by_external_ids([external_id])[0].id
+        artifact_id = _by_external_id(self._store, external_id)[0].id
     self._link(artifact_id, metadata_store_pb2.Event.OUTPUT, "checkpoints",
                checkpoint.step)
     return get_checkpoint(self._store, artifact_id)
@@ -205,6 +207,15 @@ class CheckpointRegistry:
             what="attributing a checkpoint to its run")
 
 
+def _by_external_id(store: metadata_store.MetadataStore,
+                    external_id: str) -> list[metadata_store_pb2.Artifact]:
+  try:
+    return retry(lambda: store.get_artifacts_by_external_ids([external_id]),
+                 what="looking up a checkpoint")
+  except mlmd_errors.NotFoundError:
+    return []
+
+
 def get_checkpoint(store: metadata_store.MetadataStore, artifact_id: int) -> CheckpointRecord:
   from ckptflow.pipeline.errors import CheckpointError
   artifacts = retry(lambda: store.get_artifacts_by_id([artifact_id]),
@@ -231,9 +242,9 @@ def list_checkpoints(store: metadata_store.MetadataStore) -> list[CheckpointReco
 
 
 def set_states(store: metadata_store.MetadataStore, artifact_ids: Iterable[int],
-               state: int) -> None:
-  """Moves checkpoints to `state` (LIVE or DELETED), keeping the custom
-  property `state` in step with MLMD's own state field."""
+               state: int, *, reason: str = "") -> None:
+  """Moves checkpoints to `state` (LIVE, DELETED or ABANDONED), keeping the
+  custom property `state` in step with MLMD's own state field."""
   ids = list(artifact_ids)
   if not ids:
     return
@@ -241,6 +252,8 @@ def set_states(store: metadata_store.MetadataStore, artifact_ids: Iterable[int],
   for artifact in artifacts:
     artifact.state = state
     artifact.custom_properties["state"].string_value = STATE_NAMES[state]
+    if reason:
+      artifact.custom_properties["state_reason"].string_value = reason
   retry(lambda: store.put_artifacts(artifacts), what="updating checkpoint states")
 
 

@@ -1,0 +1,119 @@
+"""A checkpoint on disk: staged, verified, then published by a rename.
+
+Each checkpoint is a directory `step-00000300/` holding one
+`tf.train.Checkpoint` written with `write()` under the prefix `ckpt`. It is
+written into a sibling staging directory whose name ends in `.staging`,
+checked (its index opens and lists variables) and hashed, and only then
+renamed to its final name, as Orbax commits a temporary directory. A crash
+at any point leaves either no final directory or a complete one; staging
+leftovers are swept on the next start.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+
+import tensorflow as tf
+
+from ckptflow.pipeline.errors import CheckpointError
+
+PREFIX = "ckpt"
+STAGING_SUFFIX = ".staging"
+
+_log = logging.getLogger(__name__)
+
+
+def final_dir(root: str, step: int) -> str:
+  return os.path.join(root, f"step-{step:08d}")
+
+
+def staging_dir(root: str, step: int) -> str:
+  return final_dir(root, step) + STAGING_SUFFIX
+
+
+def prefix(directory: str) -> str:
+  return os.path.join(directory, PREFIX)
+
+
+def digest(directory: str) -> tuple[int, str]:
+  """(total size in bytes, sha256 over file names and contents)."""
+  sha = hashlib.sha256()
+  size = 0
+  for name in sorted(os.listdir(directory)):
+    path = os.path.join(directory, name)
+    if not os.path.isfile(path):
+      continue
+    sha.update(name.encode() + b"\0")
+    with open(path, "rb") as f:
+      while chunk := f.read(1 << 20):
+        sha.update(chunk)
+        size += len(chunk)
+  return size, sha.hexdigest()
+
+
+def verify_readable(directory: str) -> None:
+  """Raises CheckpointError unless the checkpoint's index opens and lists
+  at least one variable whose data shard is present."""
+  try:
+    reader = tf.train.load_checkpoint(prefix(directory))
+    names = reader.get_variable_to_shape_map()
+  except (tf.errors.OpError, ValueError) as e:
+    raise CheckpointError(f"checkpoint {directory!r} is unreadable: "
+                          f"{str(e).splitlines()[0]}") from e
+  if not names:
+    raise CheckpointError(f"checkpoint {directory!r} holds no variables")
+  if not any(n.startswith(PREFIX + ".data-") for n in os.listdir(directory)):
+    raise CheckpointError(f"checkpoint {directory!r} has no data shard")
+
+
+def verify_against_record(directory: str, checksum: str) -> None:
+  """Raises CheckpointError unless `directory` holds exactly the bytes that
+  were registered (same sha256)."""
+  if not os.path.isdir(directory):
+    raise CheckpointError(f"checkpoint directory {directory!r} is missing")
+  _, actual = digest(directory)
+  if actual != checksum:
+    raise CheckpointError(f"checkpoint {directory!r} does not match its recorded "
+                          f"checksum (expected {checksum[:12]}…, found {actual[:12]}…)")
+
+
+def _fsync_dir(directory: str) -> None:
+  fd = os.open(directory, os.O_RDONLY)
+  try:
+    os.fsync(fd)
+  finally:
+    os.close(fd)
+
+
+def publish(staged: str, final: str) -> None:
+  """Flushes the staged files and renames `staged` to `final` atomically."""
+  for name in os.listdir(staged):
+    with open(os.path.join(staged, name), "rb+") as f:
+      os.fsync(f.fileno())
+  _fsync_dir(staged)
+  if os.path.exists(final):
+    # A directory left by an attempt whose registration never happened (the
+    # process died between rename and MLMD); it is not in MLMD, replace it.
+    shutil.rmtree(final)
+  os.rename(staged, final)
+  _fsync_dir(os.path.dirname(final))
+
+
+def sweep_staging(root: str) -> list[str]:
+  """Removes staging leftovers under `root` (from killed writers)."""
+  removed = []
+  if not os.path.isdir(root):
+    return removed
+  for dirpath, dirnames, _ in os.walk(root):
+    for name in list(dirnames):
+      if name.endswith(STAGING_SUFFIX):
+        path = os.path.join(dirpath, name)
+        shutil.rmtree(path, ignore_errors=True)
+        removed.append(path)
+        dirnames.remove(name)
+  if removed:
+    _log.info("removed %d unfinished checkpoint write(s) under %s", len(removed), root)
+  return removed

@@ -1,0 +1,60 @@
+"""Writes a trained model as a SavedModel that TF Serving and TFMA load.
+
+Signatures:
+* `serving_default`: input `examples`, a batch of serialized `tf.Example`
+  (what TF Serving's Predict/Classify clients and TFMA send);
+* `serving_raw`: one float32 [batch, 1] input per feature.
+Both return `outputs`, the class probabilities.
+
+The SavedModel is written into a temporary sibling directory and renamed
+into place, so a reader never sees a partial export.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from typing import Mapping
+
+import tensorflow as tf
+
+SERVING_DIR_NAME = "Format-Serving"  # TFX's layout inside a Model artifact
+
+
+def parse_spec(feature_dtypes: Mapping[str, tf.DType]) -> dict:
+  """tf.Example parsing spec: one value per feature, in its stored dtype."""
+  return {k: tf.io.FixedLenFeature([1], dtype) for k, dtype in feature_dtypes.items()}
+
+
+def as_model_inputs(features: Mapping[str, tf.Tensor]) -> dict:
+  """The model sees every feature as float32, whatever its stored dtype."""
+  return {k: tf.cast(v, tf.float32) for k, v in features.items()}
+
+
+def export_saved_model(model: tf.keras.Model, export_dir: str,
+                       feature_dtypes: Mapping[str, tf.DType]) -> str:
+  """Writes `model` to `export_dir` (which must not exist yet); returns it.
+
+  `feature_dtypes` maps each feature to the dtype it has in tf.Examples
+  (tf.float32 or tf.int64), as the Trainer read it from the Schema.
+  """
+  spec = parse_spec(feature_dtypes)
+  feature_keys = list(feature_dtypes)
+
+  @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="examples")])
+  def serve_examples(serialized):
+    features = as_model_inputs(tf.io.parse_example(serialized, spec))
+    return {"outputs": model(features, training=False)}
+
+  serve_raw = tf.function(
+      lambda features: {"outputs": model(features, training=False)}
+  ).get_concrete_function(
+      {k: tf.TensorSpec([None, 1], tf.float32, name=k) for k in feature_keys})
+
+  staging = export_dir.rstrip("/") + ".tmp"
+  if os.path.exists(staging):
+    shutil.rmtree(staging)
+  model.save(staging, save_format="tf", include_optimizer=False,
+             signatures={"serving_default": serve_examples, "serving_raw": serve_raw})
+  os.rename(staging, export_dir)
+  return export_dir

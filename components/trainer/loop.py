@@ -1,0 +1,319 @@
+"""The checkpointing training loop.
+
+`TrainingLoop` runs the user's `train_step` and owns the whole training
+state as one `tf.train.Checkpoint`: the model, every optimizer, the user's
+extra variables, the step counter, the RNG and the input iterator (so a
+resumed run continues at the same place in the data). It asks a
+`SavePolicy` when to save, writes each checkpoint atomically
+(`checkpoint_files`), hands it to a `CheckpointSink` (MLMD) once it is
+complete and verified, and prunes with a `RetentionPolicy`.
+
+Guarantees:
+* A checkpoint reaches the sink only after its files are complete, readable
+  and hashed; the sink records exactly those bytes.
+* With async saving, training continues while a checkpoint is written; the
+  checkpoint is verified and registered when the write has finished, never
+  before, and the loop waits for every outstanding write before returning.
+* Resume tries registered checkpoints newest first and skips (and marks
+  ABANDONED) one whose files fail their checksum or do not restore.
+* On SIGTERM/SIGINT the loop saves and registers at the next step boundary,
+  then raises `TrainingInterrupted`.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import logging
+import math
+import os
+import shutil
+import sys
+import time
+from typing import Callable, Iterator, Mapping, Protocol, Sequence
+
+import tensorflow as tf
+
+from ckptflow.components.checkpoint import CheckpointRecord, NewCheckpoint
+from ckptflow.components.trainer import checkpoint_files
+from ckptflow.components.trainer import policies
+from ckptflow.components.trainer.contract import TrainingSetup, default_eval_step
+from ckptflow.pipeline.errors import CheckpointError
+from ckptflow.pipeline.faults import fault_point
+
+_log = logging.getLogger(__name__)
+
+
+class TrainingInterrupted(Exception):
+  """Training stopped on a signal after saving; the orchestrator may retry."""
+
+  def __init__(self, signum: int, step: int):
+    super().__init__(f"training stopped by signal {signum} at step {step} "
+                     "after saving a checkpoint; rerun to resume")
+    self.signum = signum
+    self.step = step
+
+
+class CheckpointSink(Protocol):
+  """Where checkpoints are recorded (MLMD in the Trainer)."""
+
+  def resume_candidates(self) -> Sequence[CheckpointRecord]:
+    """Registered checkpoints this run may resume from, newest first."""
+
+  def register(self, checkpoint: NewCheckpoint) -> CheckpointRecord:
+    """Records a complete, verified checkpoint; returns its record."""
+
+  def record_restored(self, record: CheckpointRecord, key: str) -> None:
+    """Records that this run restored `record` (key: resume, warm_start)."""
+
+  def live(self) -> Sequence[CheckpointRecord]:
+    """This run's live checkpoints, fresh from the store."""
+
+  def mark_deleted(self, records: Sequence[CheckpointRecord]) -> None:
+    """Records that these checkpoints' files are gone."""
+
+  def mark_abandoned(self, record: CheckpointRecord, reason: str) -> None:
+    """Records that a checkpoint is unusable (its files are damaged)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class LoopSettings:
+  train_steps: int
+  checkpoint_dir: str  # this execution's directory of step-N/ checkpoints
+  fingerprint: str
+  resume_key: str
+  examples_per_epoch: int
+  batch_size: int
+  async_checkpoint: bool = False
+  eval_every: int = 0
+  log_every: int = 50
+
+
+@dataclasses.dataclass
+class LoopResult:
+  final_step: int
+  resumed_from: CheckpointRecord | None
+  checkpoints: list[CheckpointRecord]
+  final_checkpoint: CheckpointRecord | None
+  metrics: Mapping[str, float]
+
+
+class TrainingLoop:
+  """Trains `setup` on `batches`, checkpointing per `save_policy`."""
+
+  def __init__(self, setup: TrainingSetup, *, batches: tf.data.Dataset,
+               eval_batches: tf.data.Dataset | None, rng: tf.random.Generator,
+               settings: LoopSettings, save_policy: policies.SavePolicy,
+               retention: policies.RetentionPolicy, sink: CheckpointSink,
+               signal_policy: policies.OnSignal | None = None,
+               summary_dir: str | None = None,
+               progress: Callable[[str], None] | None = None):
+    self._setup = setup
+    self._settings = settings
+    self._save_policy = save_policy
+    self._retention = retention
+    self._sink = sink
+    self._signal_policy = signal_policy
+    self._eval_batches = eval_batches
+    self._progress = progress or _default_progress()
+    self._step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
+    self._iterator = iter(batches)
+    self._state = tf.train.Checkpoint(
+        model=setup.model,
+        optimizers=dict(setup.optimizers),
+        variables=dict(setup.variables),
+        step=self._step,
+        rng=rng,
+        data=self._iterator)
+    self._train_step = tf.function(setup.train_step)
+    self._eval_step = tf.function(setup.eval_step or default_eval_step(setup.model))
+    self._summary = tf.summary.create_file_writer(summary_dir) if summary_dir else None
+    # One worker finishes checkpoints in order: verify, hash, publish,
+    # register, prune. Sync saving runs the same code inline.
+    self._finisher = concurrent.futures.ThreadPoolExecutor(
+        max_workers=1, thread_name_prefix="checkpoint-finisher")
+    self._pending: list[concurrent.futures.Future] = []
+    self._registered: list[CheckpointRecord] = []
+    self._last_eval: dict[str, float] = {}
+
+  @property
+  def state(self) -> tf.train.Checkpoint:
+    return self._state
+
+  def restore_from(self, record: CheckpointRecord, key: str) -> bool:
+    """Restores `record` if its files are intact; False (and ABANDONED in
+    the sink) if they are not."""
+    try:
+      checkpoint_files.verify_against_record(record.uri, record.checksum)
+      status = self._state.read(checkpoint_files.prefix(record.uri))
+      status.assert_existing_objects_matched()
+    except (CheckpointError, tf.errors.OpError, AssertionError, ValueError) as e:
+      _log.warning("skipping checkpoint %d (step %d): %s", record.id, record.step,
+                   str(e).splitlines()[0])
+      self._sink.mark_abandoned(record, str(e).splitlines()[0])
+      return False
+    self._sink.record_restored(record, key)
+    return True
+
+  def restore_weights_from(self, record: CheckpointRecord) -> None:
+    """Warm start: loads the model's weights (not optimizer, step, data
+    position) from `record`."""
+    checkpoint_files.verify_against_record(record.uri, record.checksum)
+    weights_only = tf.train.Checkpoint(model=self._setup.model)
+    weights_only.read(checkpoint_files.prefix(record.uri)).expect_partial()
+    self._sink.record_restored(record, "warm_start")
+
+  def resume(self) -> CheckpointRecord | None:
+    """Restores the newest intact checkpoint of an unfinished earlier run."""
+    for record in self._sink.resume_candidates():
+      if self.restore_from(record, "resumed_from"):
+        _log.info("resumed from checkpoint %d at step %d", record.id, record.step)
+        return record
+    return None
+
+  def run(self, resumed_from: CheckpointRecord | None = None) -> LoopResult:
+    settings = self._settings
+    os.makedirs(settings.checkpoint_dir, exist_ok=True)
+    steps_per_epoch = max(1, math.ceil(settings.examples_per_epoch / settings.batch_size))
+    step = int(self._step.numpy())
+    last_saved_step = step if resumed_from else None
+    last_saved_time = time.monotonic()
+    start_step, start_time = step, time.monotonic()
+    metrics: dict[str, float] = {}
+    if self._signal_policy:
+      self._signal_policy.install()
+    try:
+      while step < settings.train_steps:
+        features, labels = next(self._iterator)
+        step_metrics = self._train_step(features, labels)
+        step = int(self._step.assign_add(1).numpy())
+        metrics = {k: float(v) for k, v in step_metrics.items()}
+        if not all(math.isfinite(v) for v in metrics.values()):
+          raise FloatingPointError(f"training diverged at step {step}: {metrics}")
+        if settings.eval_every and step % settings.eval_every == 0:
+          self._evaluate(step)
+        self._write_summaries(step, metrics)
+        progress = policies.Progress(
+            step=step, epoch=(step - 1) // steps_per_epoch,
+            epoch_ended=step % steps_per_epoch == 0, now=time.monotonic(),
+            last_saved_step=last_saved_step, last_saved_time=last_saved_time)
+        if step == settings.train_steps or self._save_policy.should_save(progress):
+          self._save(step, progress.epoch, metrics)
+          last_saved_step, last_saved_time = step, time.monotonic()
+        if step % settings.log_every == 0 or step == settings.train_steps:
+          rate = (step - start_step) / max(1e-9, time.monotonic() - start_time)
+          self._progress(f"step {step}/{settings.train_steps} loss={metrics.get('loss', 0):.4f} "
+                         f"{rate:.1f} steps/s last checkpoint step {last_saved_step}")
+        if self._signal_policy and self._signal_policy.received is not None:
+          if last_saved_step != step:
+            self._save(step, progress.epoch, metrics)
+          self._wait_for_saves()
+          raise TrainingInterrupted(self._signal_policy.received, step)
+      self._wait_for_saves()
+    finally:
+      if self._signal_policy:
+        self._signal_policy.uninstall()
+      self._finisher.shutdown(wait=True)
+      if self._summary:
+        self._summary.flush()
+    final = max(self._registered, key=lambda r: r.step) if self._registered else resumed_from
+    return LoopResult(final_step=step, resumed_from=resumed_from,
+                      checkpoints=list(self._registered), final_checkpoint=final,
+                      metrics=metrics | self._last_eval)
+
+  def _evaluate(self, step: int) -> None:
+    if self._eval_batches is None:
+      return
+    totals: dict[str, float] = {}
+    batches = 0
+    for features, labels in self._eval_batches:
+      for k, v in self._eval_step(features, labels).items():
+        totals[k] = totals.get(k, 0.0) + float(v)
+      batches += 1
+    self._last_eval = {k: v / max(1, batches) for k, v in totals.items()}
+    self._last_eval["eval_at_step"] = float(step)
+    self._write_summaries(step, self._last_eval)
+
+  def _write_summaries(self, step: int, metrics: Mapping[str, float]) -> None:
+    if self._summary is None:
+      return
+    with self._summary.as_default(step=step):
+      for name, value in metrics.items():
+        tf.summary.scalar(name, value)
+
+  def _save(self, step: int, epoch: int, metrics: Mapping[str, float]) -> None:
+    staged = checkpoint_files.staging_dir(self._settings.checkpoint_dir, step)
+    if os.path.exists(staged):
+      shutil.rmtree(staged)
+    options = tf.train.CheckpointOptions(enable_async=self._settings.async_checkpoint)
+    self._state.write(checkpoint_files.prefix(staged), options=options)
+    fault_point("checkpoint-write")
+    all_metrics = dict(metrics) | self._last_eval
+    future = self._finisher.submit(self._finish, step, epoch, all_metrics, staged)
+    self._pending.append(future)
+    if not self._settings.async_checkpoint:
+      future.result()
+    self._raise_finisher_errors()
+
+  def _finish(self, step: int, epoch: int, metrics: Mapping[str, float],
+              staged: str) -> CheckpointRecord:
+    """Runs on the finisher thread: waits for the write, then publishes."""
+    self._state.sync()  # no-op for sync saves; waits for an async write
+    checkpoint_files.verify_readable(staged)
+    size, checksum = checkpoint_files.digest(staged)
+    final = checkpoint_files.final_dir(self._settings.checkpoint_dir, step)
+    checkpoint_files.publish(staged, final)
+    fault_point("checkpoint-register")
+    record = self._sink.register(NewCheckpoint(
+        uri=final, step=step, epoch=epoch, metrics=metrics, size_bytes=size,
+        checksum=checksum, tf_version=tf.__version__,
+        fingerprint=self._settings.fingerprint, resume_key=self._settings.resume_key))
+    self._registered.append(record)
+    self._prune()
+    return record
+
+  def _prune(self) -> None:
+    live = self._sink.live()
+    candidates = [policies.Candidate(id=r.id, step=r.step, metrics=r.metrics,
+                                     protected=bool(r.protected)) for r in live]
+    doomed_ids = {c.id for c in policies.to_prune(self._retention, candidates)}
+    doomed = [r for r in live if r.id in doomed_ids]
+    if not doomed:
+      return
+    # MLMD first: a crash in between leaves stray files (swept by `doctor`),
+    # never a LIVE artifact without its files.
+    self._sink.mark_deleted(doomed)
+    for record in doomed:
+      shutil.rmtree(record.uri, ignore_errors=True)
+    _log.info("pruned checkpoints at steps %s", [r.step for r in doomed])
+
+  def _raise_finisher_errors(self) -> None:
+    still_pending = []
+    for future in self._pending:
+      if future.done():
+        future.result()  # re-raises a failure of an earlier save
+      else:
+        still_pending.append(future)
+    self._pending = still_pending
+
+  def _wait_for_saves(self) -> None:
+    for future in self._pending:
+      future.result()
+    self._pending = []
+
+
+def _default_progress() -> Callable[[str], None]:
+  if sys.stderr.isatty():
+    def show(line: str) -> None:
+      sys.stderr.write("\r" + line.ljust(100))
+      sys.stderr.flush()
+    return show
+  return lambda line: _log.info("%s", line)
+
+
+def count_records(dataset: tf.data.Dataset) -> int:
+  return int(dataset.reduce(tf.constant(0, tf.int64), lambda n, _: n + 1).numpy())
+
+
+def iterate(dataset: tf.data.Dataset) -> Iterator:
+  return iter(dataset)

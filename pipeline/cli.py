@@ -1,0 +1,203 @@
+"""The `ckptflow` command line.
+
+Every subcommand takes `--home DIR` (default $CKPTFLOW_HOME, else
+./ckptflow_home). Listing commands take `--json`: one JSON document on
+stdout, logs on stderr. An error the user can fix prints one line
+(`ckptflow: error: ...`) and exits 2.
+
+Commands that only read or write metadata import neither TensorFlow nor TFX:
+they are imported inside the handlers that need them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from typing import Callable, Sequence
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")  # before TensorFlow loads
+
+from ckptflow.pipeline.config import PipelineConfig, default_home  # noqa: E402
+from ckptflow.pipeline.errors import CkptflowError  # noqa: E402
+
+_log = logging.getLogger("ckptflow")
+
+
+def _add_home(parser: argparse.ArgumentParser) -> None:
+  parser.add_argument("--home", default=None,
+                      help="where runs keep metadata, artifacts and served models "
+                      "(default: $CKPTFLOW_HOME, else ./ckptflow_home)")
+  parser.add_argument("--metadata", default=None,
+                      help="metadata store: a SQLite path, mysql://USER:PASS@HOST:PORT/DB "
+                      "or grpc://HOST:PORT (default: HOME/metadata.sqlite)")
+
+
+def _home(args) -> str:
+  return os.path.abspath(args.home or default_home())
+
+
+def _metadata_target(args) -> str:
+  return args.metadata or os.environ.get("CKPTFLOW_METADATA") or os.path.join(
+      _home(args), "metadata.sqlite")
+
+
+def _print_json(document) -> None:
+  json.dump(document, sys.stdout, indent=2, sort_keys=True, default=str)
+  sys.stdout.write("\n")
+
+
+# --- run -------------------------------------------------------------------
+
+
+def _config_from_args(args) -> PipelineConfig:
+  config = PipelineConfig.from_toml(args.config) if args.config else PipelineConfig()
+  overrides: dict[str, dict] = {"data": {}, "training": {}, "serving": {}, "run": {}}
+  if args.data is not None:
+    overrides["data"]["path"] = args.data
+  if args.label is not None:
+    overrides["data"]["label"] = args.label
+  if args.features is not None:
+    overrides["data"]["features"] = tuple(f for f in args.features.split(",") if f)
+  for flag, field in (("train_steps", "train_steps"), ("checkpoint_every", "checkpoint_every"),
+                      ("batch_size", "batch_size"), ("warm_start", "warm_start"),
+                      ("keep_last", "keep_last"), ("module", "module"),
+                      ("eval_every", "eval_every")):
+    if getattr(args, flag) is not None:
+      overrides["training"][field] = getattr(args, flag)
+  if args.async_checkpoint:
+    overrides["training"]["async_checkpoint"] = True
+  if args.model_name is not None:
+    overrides["serving"]["model_name"] = args.model_name
+  if args.home is not None or not args.config:
+    overrides["run"]["home"] = _home(args)
+  if args.metadata is not None:
+    overrides["run"]["metadata"] = args.metadata
+  if args.orchestrator is not None:
+    overrides["run"]["orchestrator"] = args.orchestrator
+  if args.beam_arg:
+    overrides["run"]["beam_args"] = tuple(args.beam_arg)
+  if args.no_cache:
+    overrides["run"]["enable_cache"] = False
+  config = config.replace(**{k: v for k, v in overrides.items() if v})
+  if not config.data.path:
+    from ckptflow.pipeline.sample_data import write_sample_data
+    sample_dir = write_sample_data(os.path.join(config.home, "data", "sample"))
+    _log.info("no --data given: using the generated sample dataset in %s", sample_dir)
+    config = config.replace(data={"path": sample_dir})
+  return config
+
+
+def cmd_run(args) -> int:
+  config = _config_from_args(args)
+  from ckptflow.pipeline import runner
+  summary = runner.run(config)
+  for line in summary.lines():
+    print(line)
+  return 0
+
+
+# --- checkpoints -------------------------------------------------------------
+
+
+def cmd_checkpoints(args) -> int:
+  from ckptflow.components.checkpoint import list_checkpoints
+  from ckptflow.pipeline import metadata
+  store = metadata.open_store(_metadata_target(args), create=False)
+  records = list_checkpoints(store)
+  if not args.all:
+    records = [r for r in records if r.live]
+  if args.json:
+    _print_json({"checkpoints": [r.as_json() for r in records]})
+    return 0
+  if not records:
+    print("no checkpoints" + ("" if args.all else " (use --all to include pruned ones)"))
+    return 0
+  print(f"{'id':>6} {'step':>7} {'state':<9} {'metrics':<44} uri")
+  for r in records:
+    metrics = " ".join(f"{k}={v:.4g}" for k, v in sorted(r.metrics.items()))
+    flag = f" [{r.protected}]" if r.protected else ""
+    print(f"{r.id:>6} {r.step:>7} {r.state:<9} {metrics[:44]:<44} {r.uri}{flag}")
+  return 0
+
+
+# --- parser ------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+  parser = argparse.ArgumentParser(
+      prog="ckptflow",
+      description="Train, track and serve TensorFlow models in a TFX pipeline whose "
+      "every checkpoint is an ML Metadata artifact.")
+  parser.add_argument("-v", "--verbose", action="store_true", help="show TFX and Beam logs")
+  commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+  run = commands.add_parser("run", help="run the pipeline end to end",
+                            description="Run ExampleGen -> ... -> Trainer -> Evaluator -> "
+                            "Pusher on this machine. Flags override the config file.")
+  _add_home(run)
+  run.add_argument("--config", help="TOML config file (sections data, training, "
+                   "evaluation, serving, run)")
+  run.add_argument("--data", help="directory of CSV files (default: a generated sample)")
+  run.add_argument("--label", help="label column")
+  run.add_argument("--features", help="comma-separated feature columns (default: all others)")
+  run.add_argument("--model-name", help="served model name")
+  run.add_argument("--module", help="model module: import path or .py file")
+  run.add_argument("--train-steps", type=int)
+  run.add_argument("--batch-size", type=int)
+  run.add_argument("--checkpoint-every", type=int, help="save a checkpoint every N steps")
+  run.add_argument("--eval-every", type=int, help="evaluate on the eval split every N steps")
+  run.add_argument("--keep-last", type=int, help="keep only the last K checkpoints")
+  run.add_argument("--warm-start", help="none, latest, best, or a checkpoint artifact id")
+  run.add_argument("--async-checkpoint", action="store_true",
+                   help="write checkpoints in the background")
+  run.add_argument("--orchestrator", choices=("local", "beam"),
+                   help="TFX LocalDagRunner (default) or BeamDagRunner")
+  run.add_argument("--beam-arg", action="append", default=[],
+                   help="a Beam pipeline flag, e.g. --beam-arg=--direct_num_workers=2 "
+                   "(repeatable)")
+  run.add_argument("--no-cache", action="store_true", help="rerun every component")
+  run.set_defaults(handler=cmd_run)
+
+  checkpoints = commands.add_parser("checkpoints", help="list checkpoints recorded in MLMD")
+  _add_home(checkpoints)
+  checkpoints.add_argument("--json", action="store_true", help="one JSON document on stdout")
+  checkpoints.add_argument("--all", action="store_true", help="include pruned checkpoints")
+  checkpoints.set_defaults(handler=cmd_checkpoints)
+  return parser
+
+
+def _configure_logging(verbose: bool) -> None:
+  logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                      format="%(asctime)s %(levelname).1s %(name)s: %(message)s")
+  if not verbose:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    for noisy in ("absl", "apache_beam", "tensorflow", "root"):
+      logging.getLogger(noisy).setLevel(logging.WARNING)
+    try:
+      from absl import logging as absl_logging
+      absl_logging.set_verbosity(absl_logging.WARNING)
+    except ImportError:
+      pass
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  parser = build_parser()
+  args = parser.parse_args(argv)
+  _configure_logging(args.verbose)
+  handler: Callable = args.handler
+  try:
+    return handler(args)
+  except CkptflowError as e:
+    message = " ".join(str(e).split())
+    print(f"ckptflow: error: {message}", file=sys.stderr)
+    return e.exit_code
+  except KeyboardInterrupt:
+    print("ckptflow: interrupted", file=sys.stderr)
+    return 130
+
+
+if __name__ == "__main__":
+  sys.exit(main())

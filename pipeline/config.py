@@ -1,0 +1,302 @@
+"""The pipeline's typed configuration.
+
+One `PipelineConfig` describes a run for every runner (local, Beam,
+Kubeflow). It loads from a TOML file whose tables mirror the sections here
+(`[data]`, `[training]`, `[evaluation]`, `[serving]`, `[run]`), and CLI flags
+override single fields. Every field is checked in `__post_init__`, so a bad
+value fails before any component runs, with a message naming the field.
+
+Imports neither TensorFlow nor TFX.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import glob
+import os
+import tomllib
+import typing
+from typing import Any, Mapping
+
+from ckptflow.pipeline.errors import ConfigError, DataError
+
+DEFAULT_HOME_ENV = "CKPTFLOW_HOME"
+WARM_START_CHOICES = ("none", "latest", "best")
+
+
+def default_home() -> str:
+  return os.environ.get(DEFAULT_HOME_ENV) or "./ckptflow_home"
+
+
+def _fail(field: str, value: Any, expected: str) -> typing.NoReturn:
+  raise ConfigError(f"config: {field} is invalid. Received: {value!r}. Expected {expected}")
+
+
+def _positive_int(field: str, value: Any, *, allow_zero: bool = False) -> None:
+  if isinstance(value, bool) or not isinstance(value, int) or value < (0 if allow_zero else 1):
+    _fail(field, value, "a non-negative integer" if allow_zero else "a positive integer")
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+  """Where the CSV data is, and which columns the model uses.
+
+  `path` is a directory of `*.csv` files (other files are ignored); every file
+  has the same header. `features` empty means every column but the label.
+  """
+
+  path: str = ""
+  label: str = "species"
+  features: tuple[str, ...] = ()
+  eval_fraction_buckets: tuple[int, int] = (3, 1)  # train:eval hash buckets
+
+  def __post_init__(self):
+    if not isinstance(self.path, str):
+      _fail("data.path", self.path, "a directory path")
+    if not isinstance(self.label, str) or not self.label:
+      _fail("data.label", self.label, "a column name")
+    if any(not isinstance(f, str) or not f for f in self.features):
+      _fail("data.features", self.features, "a list of column names")
+    if self.label in self.features:
+      _fail("data.features", self.features, f"columns other than the label {self.label!r}")
+    if len(set(self.features)) != len(self.features):
+      _fail("data.features", self.features, "each column at most once")
+    train, evaluation = self.eval_fraction_buckets
+    _positive_int("data.eval_fraction_buckets", train)
+    _positive_int("data.eval_fraction_buckets", evaluation)
+
+  def csv_files(self) -> list[str]:
+    if not self.path:
+      raise DataError("data.path is not set: pass --data DIR (a directory of CSV files)")
+    if not os.path.isdir(self.path):
+      raise DataError(f"data directory {self.path!r} does not exist or is not a directory")
+    files = sorted(glob.glob(os.path.join(self.path, "*.csv")))
+    if not files:
+      raise DataError(f"data directory {self.path!r} holds no *.csv file")
+    return files
+
+  def header(self) -> list[str]:
+    """The CSV header shared by every file; checks the files agree."""
+    header = None
+    for path in self.csv_files():
+      with open(path, newline="") as f:
+        first = next(csv.reader(f), None)
+      if not first:
+        raise DataError(f"data file {path!r} is empty (no header row)")
+      first = [c.strip() for c in first]
+      if header is not None and first != header:
+        raise DataError(f"data file {path!r} has header {first}, other files have {header}")
+      header = first
+    assert header is not None
+    return header
+
+  def resolved_features(self) -> tuple[str, ...]:
+    """The feature columns, after checking every configured column exists."""
+    header = self.header()
+    if self.label not in header:
+      raise ConfigError(f"config: data.label column {self.label!r} is not in the data. "
+                        f"Columns: {', '.join(header)}")
+    missing = [f for f in self.features if f not in header]
+    if missing:
+      raise ConfigError(f"config: data.features column {missing[0]!r} is not in the data. "
+                        f"Columns: {', '.join(header)}")
+    return self.features or tuple(c for c in header if c != self.label)
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainingConfig:
+  """The Trainer: model module, steps, checkpointing and retention.
+
+  `module` is an importable module path (or a .py file) defining the model;
+  see `ckptflow/pipeline/model.py` for the contract. Retention counts of 0
+  mean "no such rule"; with no rule at all every checkpoint is kept.
+  """
+
+  module: str = "ckptflow.pipeline.model"
+  train_steps: int = 600
+  batch_size: int = 32
+  checkpoint_every: int = 100
+  checkpoint_every_seconds: float = 0.0
+  checkpoint_at_epoch_end: bool = False
+  keep_last: int = 0
+  keep_best: int = 0
+  best_metric: str = "loss"
+  best_mode: str = "min"
+  keep_every: int = 0
+  warm_start: str = "none"
+  async_checkpoint: bool = False
+  eval_every: int = 0
+  seed: int = 42
+  hyperparameters: Mapping[str, Any] = dataclasses.field(
+      default_factory=lambda: {"learning_rate": 0.01, "hidden_units": [16, 8]})
+
+  def __post_init__(self):
+    if not isinstance(self.module, str) or not self.module:
+      _fail("training.module", self.module, "a module path or .py file")
+    _positive_int("training.train_steps", self.train_steps)
+    _positive_int("training.batch_size", self.batch_size)
+    _positive_int("training.checkpoint_every", self.checkpoint_every)
+    if (isinstance(self.checkpoint_every_seconds, bool)
+        or not isinstance(self.checkpoint_every_seconds, (int, float))
+        or self.checkpoint_every_seconds < 0):
+      _fail("training.checkpoint_every_seconds", self.checkpoint_every_seconds,
+            "a non-negative number of seconds (0 = off)")
+    for name in ("keep_last", "keep_best", "keep_every", "eval_every"):
+      _positive_int(f"training.{name}", getattr(self, name), allow_zero=True)
+    if self.best_mode not in ("min", "max"):
+      _fail("training.best_mode", self.best_mode, "'min' or 'max'")
+    if not isinstance(self.best_metric, str) or not self.best_metric:
+      _fail("training.best_metric", self.best_metric, "a metric name")
+    warm = self.warm_start
+    if not (isinstance(warm, str) and (warm in WARM_START_CHOICES or warm.isdigit())):
+      _fail("training.warm_start", warm, "'none', 'latest', 'best' or a checkpoint artifact id")
+    if isinstance(self.seed, bool) or not isinstance(self.seed, int):
+      _fail("training.seed", self.seed, "an integer")
+    if not isinstance(self.hyperparameters, Mapping):
+      _fail("training.hyperparameters", self.hyperparameters, "a table of values")
+
+
+@dataclasses.dataclass(frozen=True)
+class EvaluationConfig:
+  """The Evaluator's blessing rule: an absolute floor on `metric`, and the
+  largest drop allowed against the model blessed before."""
+
+  metric: str = "SparseCategoricalAccuracy"  # a tf.keras.metrics class name
+  lower_bound: float = 0.6
+  allowed_regression: float = 0.01
+
+  def __post_init__(self):
+    if not isinstance(self.metric, str) or not self.metric:
+      _fail("evaluation.metric", self.metric, "a tf.keras.metrics class name such as SparseCategoricalAccuracy")
+    for name in ("lower_bound", "allowed_regression"):
+      value = getattr(self, name)
+      if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+        _fail(f"evaluation.{name}", value, "a non-negative number")
+
+
+@dataclasses.dataclass(frozen=True)
+class ServingConfig:
+  model_name: str = "penguin"
+  serving_dir: str = ""  # empty: HOME/serving
+
+  def __post_init__(self):
+    import re
+    if not isinstance(self.model_name, str) or not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]*", self.model_name) \
+        or ".." in self.model_name:
+      _fail("serving.model_name", self.model_name,
+            "letters, digits, '_', '-', '.' (no '/', no '..')")
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+  """Where a run keeps its state, and how it is orchestrated."""
+
+  home: str = dataclasses.field(default_factory=default_home)
+  pipeline_name: str = "ckptflow"
+  metadata: str = ""  # empty: HOME/metadata.sqlite
+  orchestrator: str = "local"
+  beam_args: tuple[str, ...] = ("--direct_running_mode=in_memory", "--direct_num_workers=1")
+  enable_cache: bool = True
+
+  def __post_init__(self):
+    if not isinstance(self.home, str) or not self.home:
+      _fail("run.home", self.home, "a directory path")
+    if self.orchestrator not in ("local", "beam"):
+      _fail("run.orchestrator", self.orchestrator, "'local' or 'beam'")
+    import re
+    if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_-]*", self.pipeline_name or ""):
+      _fail("run.pipeline_name", self.pipeline_name, "letters, digits, '_' and '-'")
+    if any(not isinstance(a, str) or not a.startswith("--") for a in self.beam_args):
+      _fail("run.beam_args", self.beam_args, "Beam flags such as --direct_num_workers=2")
+
+
+_SECTIONS = {
+    "data": DataConfig,
+    "training": TrainingConfig,
+    "evaluation": EvaluationConfig,
+    "serving": ServingConfig,
+    "run": RunConfig,
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class PipelineConfig:
+  """Everything a run of the pipeline needs, validated on construction."""
+
+  data: DataConfig = dataclasses.field(default_factory=DataConfig)
+  training: TrainingConfig = dataclasses.field(default_factory=TrainingConfig)
+  evaluation: EvaluationConfig = dataclasses.field(default_factory=EvaluationConfig)
+  serving: ServingConfig = dataclasses.field(default_factory=ServingConfig)
+  run: RunConfig = dataclasses.field(default_factory=RunConfig)
+
+  # Paths a run derives from `run.home`.
+  @property
+  def home(self) -> str:
+    return os.path.abspath(self.run.home)
+
+  @property
+  def metadata_target(self) -> str:
+    return self.run.metadata or os.path.join(self.home, "metadata.sqlite")
+
+  @property
+  def pipeline_root(self) -> str:
+    return os.path.join(self.home, "pipeline_root")
+
+  @property
+  def serving_dir(self) -> str:
+    return os.path.abspath(self.serving.serving_dir or os.path.join(self.home, "serving"))
+
+  def replace(self, **sections: Mapping[str, Any]) -> "PipelineConfig":
+    """A copy with fields of the named sections replaced (and re-checked)."""
+    updated = {}
+    for section, fields in sections.items():
+      current = getattr(self, section)
+      updated[section] = _build(section, _SECTIONS[section], fields, base=current)
+    return dataclasses.replace(self, **updated)
+
+  def as_dict(self) -> dict:
+    return dataclasses.asdict(self)
+
+  @classmethod
+  def from_dict(cls, raw: Mapping[str, Any], *, source: str = "config") -> "PipelineConfig":
+    unknown = set(raw) - set(_SECTIONS)
+    if unknown:
+      raise ConfigError(f"{source}: unknown section [{sorted(unknown)[0]}]. "
+                        f"Expected one of: {', '.join(_SECTIONS)}")
+    sections = {}
+    for name, section_cls in _SECTIONS.items():
+      fields = raw.get(name, {})
+      if not isinstance(fields, Mapping):
+        raise ConfigError(f"{source}: [{name}] must be a table")
+      sections[name] = _build(name, section_cls, fields, base=None)
+    return cls(**sections)
+
+  @classmethod
+  def from_toml(cls, path: str) -> "PipelineConfig":
+    try:
+      with open(path, "rb") as f:
+        raw = tomllib.load(f)
+    except FileNotFoundError as e:
+      raise ConfigError(f"config file {path!r} does not exist") from e
+    except IsADirectoryError as e:
+      raise ConfigError(f"config file {path!r} is a directory") from e
+    except tomllib.TOMLDecodeError as e:
+      raise ConfigError(f"config file {path!r} is not valid TOML: {e}") from e
+    return cls.from_dict(raw, source=path)
+
+
+def _build(section: str, section_cls: type, fields: Mapping[str, Any], *, base: Any) -> Any:
+  known = {f.name: f for f in dataclasses.fields(section_cls)}
+  hints = typing.get_type_hints(section_cls)
+  values = {}
+  for key, value in fields.items():
+    if key not in known:
+      raise ConfigError(f"config: unknown field {section}.{key}. "
+                        f"Expected one of: {', '.join(known)}")
+    if isinstance(value, list) and typing.get_origin(hints[key]) is tuple:
+      value = tuple(value)
+    values[key] = value
+  if base is not None:
+    return dataclasses.replace(base, **values)
+  return section_cls(**values)
