@@ -1,0 +1,371 @@
+"""Where a served version (or any artifact) came from, read from MLMD events.
+
+`lineage(store, target)` walks ML Metadata events upstream, breadth-first:
+an artifact's producer is the execution with an OUTPUT event to it, and an
+execution's inputs are the artifacts with INPUT events to it. For a served
+version this is PushedModel <- Promote <- Model <- export <- Checkpoint <-
+Trainer <- Examples/Schema ... down to the roots (artifacts nothing
+produced). Only MLMD's own API is used; nothing is written.
+
+Renderers: `to_text` (an indented tree from the target back to the data),
+`to_json` (a dict), `to_dot` (graphviz source) and `to_svg` (runs `dot`).
+
+This module imports neither TensorFlow nor TFX.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+import subprocess
+from typing import Any, Mapping
+
+from ml_metadata import metadata_store
+from ml_metadata.proto import metadata_store_pb2
+
+from ckptflow.components import promotion
+from ckptflow.components.pusher import serving
+from ckptflow.pipeline.errors import CkptflowError, MetadataError
+from ckptflow.pipeline.metadata import retry
+
+DEFAULT_MAX_NODES = 500
+
+ARTIFACT = "artifact"
+EXECUTION = "execution"
+
+# Properties worth a person's attention, in display order; to_json has all.
+ARTIFACT_KEY_PROPERTIES = (
+    "step", "epoch", "metrics", "span", "version", "split_names", "model_name",
+    "pushed", "pushed_version", "label", "forced", "blessed", "reason",
+    "size_bytes", "protected")
+EXECUTION_KEY_PROPERTIES = (
+    "fingerprint", "hyperparameters", "train_steps", "checkpoint_every",
+    "model_name", "label", "version", "previous_version", "reason", "forced",
+    "outcome")
+_MAX_SHOWN_CHARS = 80
+
+_EVENT_NAMES = {metadata_store_pb2.Event.INPUT: "INPUT",
+                metadata_store_pb2.Event.OUTPUT: "OUTPUT"}
+
+
+@dataclasses.dataclass(frozen=True)
+class LineageNode:
+  """An artifact or an execution in a lineage graph.
+
+  `properties` holds every property and custom property (declared ones win
+  on a name clash), as JSON values. `state` is the MLMD state name (LIVE,
+  DELETED for artifacts; COMPLETE, FAILED, ... for executions).
+  """
+
+  kind: str  # ARTIFACT or EXECUTION
+  id: int
+  type_name: str
+  state: str
+  uri: str = ""
+  properties: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+  @property
+  def key(self) -> str:
+    return f"{self.kind}:{self.id}"
+
+  def key_properties(self) -> dict[str, Any]:
+    names = ARTIFACT_KEY_PROPERTIES if self.kind == ARTIFACT else EXECUTION_KEY_PROPERTIES
+    return {n: self.properties[n] for n in names if n in self.properties}
+
+  def as_json(self) -> dict:
+    return {"kind": self.kind, "id": self.id, "type": self.type_name,
+            "state": self.state, "uri": self.uri,
+            "properties": dict(self.properties)}
+
+
+@dataclasses.dataclass(frozen=True)
+class LineageEdge:
+  """An MLMD event, in the direction data flows: INPUT edges go from an
+  artifact to the execution that read it, OUTPUT edges from an execution to
+  the artifact it wrote."""
+
+  source: str  # node key
+  target: str  # node key
+  event_type: str  # "INPUT" or "OUTPUT"
+
+  def as_json(self) -> dict:
+    return {"source": self.source, "target": self.target, "type": self.event_type}
+
+
+@dataclasses.dataclass(frozen=True)
+class LineageGraph:
+  """The upstream lineage of `root` (a node key), as `target` named it.
+
+  `truncated` is True if the walk stopped at its node cap before the roots.
+  Nodes are in breadth-first order from the root.
+  """
+
+  target: str
+  root: str
+  nodes: Mapping[str, LineageNode]
+  edges: tuple[LineageEdge, ...]
+  truncated: bool
+  max_nodes: int
+
+  def upstream(self, key: str) -> list[tuple[LineageEdge, LineageNode]]:
+    """The edges into `key`, with their source nodes, by source id."""
+    found = [(e, self.nodes[e.source]) for e in self.edges if e.target == key]
+    return sorted(found, key=lambda pair: (pair[1].kind, pair[1].id))
+
+
+# --- walking -----------------------------------------------------------------
+
+
+def _value(value: metadata_store_pb2.Value) -> Any:
+  kind = value.WhichOneof("value")
+  if kind in ("int_value", "double_value", "string_value", "bool_value"):
+    text = getattr(value, kind)
+    if kind == "string_value" and text[:1] in "{[":
+      try:
+        return json.loads(text)  # metrics, hyperparameters written as JSON
+      except ValueError:
+        pass
+    return text
+  if kind == "struct_value":
+    from google.protobuf import json_format
+    return json_format.MessageToDict(value.struct_value)
+  if kind == "proto_value":
+    return f"<{value.proto_value.TypeName()}>"
+  return None
+
+
+def _properties(node) -> dict[str, Any]:
+  merged = {k: _value(v) for k, v in node.custom_properties.items()}
+  merged.update({k: _value(v) for k, v in node.properties.items()})
+  return dict(sorted(merged.items()))
+
+
+def _resolve_target(store, target) -> tuple[int, str]:
+  """(root artifact id, canonical target text)."""
+  if isinstance(target, int) and not isinstance(target, bool):
+    return target, str(target)
+  text = str(target).strip()
+  if text.isdigit():
+    return int(text), text
+  if ":" in text:
+    model_name, _, version = text.rpartition(":")
+    if not version.isdigit():
+      raise CkptflowError(f"lineage target {text!r} has version {version!r}. "
+                          "Expected MODEL:VERSION with a numeric version, or an "
+                          "artifact id")
+    serving.validate_model_name(model_name)
+    record = promotion.served_version(store, model_name, int(version))
+    return record.artifact_id, text
+  raise CkptflowError(f"lineage target {text!r} is not MODEL:VERSION or an "
+                      "artifact id")
+
+
+def lineage(store: metadata_store.MetadataStore, target: str | int, *,
+            max_nodes: int = DEFAULT_MAX_NODES) -> LineageGraph:
+  """The upstream lineage of `target`: `MODEL:VERSION` (a served version) or
+  an artifact id.
+
+  Breadth-first over MLMD events, at most `max_nodes` nodes (the graph says
+  when it was truncated). Read-only.
+
+  Raises:
+    CkptflowError: `target` is malformed (CkptflowError), names no served
+      version (ServingError) or no artifact (MetadataError).
+  """
+  if max_nodes < 1:
+    raise CkptflowError(f"max_nodes is {max_nodes}. Expected at least 1")
+  root_id, target_text = _resolve_target(store, target)
+  [root] = retry(lambda: store.get_artifacts_by_id([root_id]),
+                 what="reading the lineage target") or [None]
+  if root is None:
+    raise MetadataError(f"no artifact with id {root_id} in the metadata store. "
+                        "Expected an artifact id or MODEL:VERSION")
+
+  artifact_types: dict[int, str] = {}
+  execution_types: dict[int, str] = {}
+  nodes: dict[str, LineageNode] = {}
+  edges: dict[tuple[str, str, str], LineageEdge] = {}
+  truncated = False
+
+  def type_names(cache, type_ids, getter):
+    missing = sorted(set(type_ids) - set(cache))
+    if missing:
+      for t in retry(lambda: getter(missing), what="reading types"):
+        cache[t.id] = t.name
+    return cache
+
+  def add_artifacts(artifacts) -> list[int]:
+    nonlocal truncated
+    type_names(artifact_types, [a.type_id for a in artifacts],
+               store.get_artifact_types_by_id)
+    added = []
+    for a in sorted(artifacts, key=lambda a: a.id):
+      if len(nodes) >= max_nodes:
+        truncated = True
+        break
+      nodes[f"{ARTIFACT}:{a.id}"] = LineageNode(
+          kind=ARTIFACT, id=a.id, type_name=artifact_types.get(a.type_id, "?"),
+          state=metadata_store_pb2.Artifact.State.Name(a.state), uri=a.uri,
+          properties=_properties(a))
+      added.append(a.id)
+    return added
+
+  def add_executions(executions) -> list[int]:
+    nonlocal truncated
+    type_names(execution_types, [e.type_id for e in executions],
+               store.get_execution_types_by_id)
+    added = []
+    for e in sorted(executions, key=lambda e: e.id):
+      if len(nodes) >= max_nodes:
+        truncated = True
+        break
+      nodes[f"{EXECUTION}:{e.id}"] = LineageNode(
+          kind=EXECUTION, id=e.id, type_name=execution_types.get(e.type_id, "?"),
+          state=metadata_store_pb2.Execution.State.Name(e.last_known_state),
+          properties=_properties(e))
+      added.append(e.id)
+    return added
+
+  def add_edge(source: str, target_key: str, event_type: int) -> None:
+    if source in nodes and target_key in nodes:
+      name = _EVENT_NAMES[event_type]
+      edges.setdefault((source, target_key, name),
+                       LineageEdge(source=source, target=target_key, event_type=name))
+
+  frontier = add_artifacts([root])
+  while frontier:
+    events = retry(lambda: store.get_events_by_artifact_ids(frontier),
+                   what="reading artifact events")
+    outputs = [e for e in events if e.type == metadata_store_pb2.Event.OUTPUT]
+    new_ids = sorted({e.execution_id for e in outputs}
+                     - {n.id for n in nodes.values() if n.kind == EXECUTION})
+    new_executions = retry(lambda: store.get_executions_by_id(new_ids),
+                           what="reading executions") if new_ids else []
+    added_executions = add_executions(new_executions)
+    for e in outputs:
+      add_edge(f"{EXECUTION}:{e.execution_id}", f"{ARTIFACT}:{e.artifact_id}", e.type)
+    if not added_executions:
+      break
+    events = retry(lambda: store.get_events_by_execution_ids(added_executions),
+                   what="reading execution events")
+    inputs = [e for e in events if e.type == metadata_store_pb2.Event.INPUT]
+    new_ids = sorted({e.artifact_id for e in inputs}
+                     - {n.id for n in nodes.values() if n.kind == ARTIFACT})
+    new_artifacts = retry(lambda: store.get_artifacts_by_id(new_ids),
+                          what="reading artifacts") if new_ids else []
+    frontier = add_artifacts(new_artifacts)
+    for e in inputs:
+      add_edge(f"{ARTIFACT}:{e.artifact_id}", f"{EXECUTION}:{e.execution_id}", e.type)
+
+  return LineageGraph(target=target_text, root=f"{ARTIFACT}:{root_id}",
+                      nodes=nodes, edges=tuple(edges.values()),
+                      truncated=truncated, max_nodes=max_nodes)
+
+
+# --- rendering ---------------------------------------------------------------
+
+
+def _shown(value: Any) -> str:
+  text = value if isinstance(value, str) else json.dumps(value, sort_keys=True)
+  return text if len(text) <= _MAX_SHOWN_CHARS else text[:_MAX_SHOWN_CHARS - 3] + "..."
+
+
+def _describe(node: LineageNode) -> str:
+  parts = [f"{node.type_name} #{node.id} [{node.state}]"]
+  if node.uri:
+    parts.append(node.uri)
+  parts.extend(f"{k}={_shown(v)}" for k, v in node.key_properties().items())
+  return "  ".join(parts)
+
+
+def to_text(graph: LineageGraph) -> str:
+  """An indented tree from the target back to its data, one node per line.
+
+  A node reached a second time (a Schema read by two executions) is printed
+  once in full and then as "(see above)".
+  """
+  lines = [f"lineage of {graph.target}"]
+  seen: set[str] = set()
+
+  def visit(key: str, prefix: str, depth: int) -> None:
+    node = graph.nodes[key]
+    again = key in seen
+    lines.append("  " * depth + prefix + _describe(node) + ("  (see above)" if again else ""))
+    if again:
+      return
+    seen.add(key)
+    for edge, source in graph.upstream(key):
+      arrow = "<- OUTPUT of " if edge.event_type == "OUTPUT" else "<- INPUT "
+      visit(source.key, arrow, depth + 1)
+
+  visit(graph.root, "", 0)
+  if graph.truncated:
+    lines.append(f"... truncated at {graph.max_nodes} nodes (raise max_nodes to "
+                 "see the rest)")
+  return "\n".join(lines) + "\n"
+
+
+def to_json(graph: LineageGraph) -> dict:
+  """The graph as a JSON-serialisable dict: target, root, truncated, nodes
+  (breadth-first from the root, every property) and edges."""
+  return {"target": graph.target, "root": graph.root, "truncated": graph.truncated,
+          "nodes": [n.as_json() | {"key": n.key} for n in graph.nodes.values()],
+          "edges": [e.as_json() for e in graph.edges]}
+
+
+def _dot_quote(text: str) -> str:
+  escaped = text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+  return f'"{escaped}"'
+
+
+def to_dot(graph: LineageGraph) -> str:
+  """Graphviz dot source: artifacts as boxes, executions as ellipses, edges
+  in data-flow direction labelled INPUT or OUTPUT. The target is bold."""
+  lines = ["digraph lineage {", "  rankdir=LR;",
+           '  node [fontname="Helvetica", fontsize=10];',
+           '  edge [fontname="Helvetica", fontsize=9];']
+  for node in graph.nodes.values():
+    label = [f"{node.type_name} #{node.id}", node.state]
+    if node.uri:
+      label.append(_shown(node.uri))
+    label.extend(f"{k}={_shown(v)}" for k, v in node.key_properties().items())
+    shape = "box" if node.kind == ARTIFACT else "ellipse"
+    style = ', style="bold"' if node.key == graph.root else ""
+    lines.append(f"  {_dot_quote(node.key)} [shape={shape}{style}, "
+                 f"label={_dot_quote(chr(10).join(label))}];")
+  for edge in graph.edges:
+    lines.append(f"  {_dot_quote(edge.source)} -> {_dot_quote(edge.target)} "
+                 f"[label={_dot_quote(edge.event_type)}];")
+  if graph.truncated:
+    lines.append(f'  label={_dot_quote(f"truncated at {graph.max_nodes} nodes")};')
+  lines.append("}")
+  return "\n".join(lines) + "\n"
+
+
+def to_svg(graph: LineageGraph, *, timeout: float = 60.0) -> str:
+  """The graph drawn as SVG by graphviz's `dot`.
+
+  Raises:
+    CkptflowError: `dot` is not installed (install graphviz), or it failed.
+  """
+  dot = shutil.which("dot")
+  if dot is None:
+    raise CkptflowError("the graphviz `dot` program is not installed, so SVG "
+                        "cannot be drawn. Install graphviz (e.g. apt-get install "
+                        "graphviz) or use the dot/text/json output")
+  try:
+    result = subprocess.run([dot, "-Tsvg"], input=to_dot(graph), text=True,
+                            capture_output=True, timeout=timeout, check=False)
+  except (OSError, subprocess.TimeoutExpired) as e:
+    raise CkptflowError(f"running graphviz {dot!r} failed: {e}") from e
+  if result.returncode != 0:
+    detail = (result.stderr.strip().splitlines() or ["no message"])[0]
+    raise CkptflowError(f"graphviz {dot!r} exited with {result.returncode}: {detail}")
+  return result.stdout
+
+
+__all__ = [
+    "LineageEdge", "LineageGraph", "LineageNode", "lineage", "to_dot",
+    "to_json", "to_svg", "to_text",
+]

@@ -1,0 +1,588 @@
+"""The ML Metadata record of what is served: pushes, labels, rollbacks.
+
+MLMD is the source of truth; `models.config` is derived from it.
+
+* A push is an execution of type `ckptflow.Promote` with INPUT events from
+  the Model (and the ModelBlessing, if any) and an OUTPUT event to a
+  `PushedModel` artifact whose uri is the version directory. Its custom
+  properties are those TFX's Pusher sets (`pushed`, `pushed_destination`,
+  `pushed_version`) plus `model_name`, `version`, `label` and `forced`. A
+  model that is not pushed gets a `PushedModel` with `pushed`=0 (TFX
+  `_MarkNotPushed`): not promoted is an outcome, and lineage stays complete.
+* A label change is an execution of type `ckptflow.SetLabel` with an INPUT
+  event from the labelled version's PushedModel. The current value of a
+  label is its latest SetLabel execution (highest id).
+* `sync_models_config` rewrites models.config from MLMD: for each model, the
+  labelled versions plus the newest served version, with their labels.
+
+Each execution, its new artifact and its events are written in one MLMD
+transaction (`put_execution`), so a crash never leaves half a record. Store
+calls go through `ckptflow.pipeline.metadata.retry`. Types carry no declared
+properties (custom properties only), so they never clash with the types TFX
+registers (TFX registers `PushedModel` with none).
+
+This module imports neither TensorFlow nor TFX.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import logging
+import os
+from typing import Sequence
+
+from ml_metadata import errors as mlmd_errors
+from ml_metadata import metadata_store
+from ml_metadata.proto import metadata_store_pb2
+
+from ckptflow.components.pusher import serving
+from ckptflow.components.pusher.serving import ServedVersion
+from ckptflow.pipeline.errors import MetadataError, ServingError
+from ckptflow.pipeline.metadata import retry
+
+PUSHED_MODEL_TYPE_NAME = "PushedModel"
+PROMOTE_TYPE_NAME = "ckptflow.Promote"
+SET_LABEL_TYPE_NAME = "ckptflow.SetLabel"
+MODEL_TYPE_NAME = "Model"
+MODEL_BLESSING_TYPE_NAME = "ModelBlessing"
+STABLE = "stable"
+
+# Custom property keys TFX's Pusher sets on a PushedModel.
+PUSHED_KEY = "pushed"
+PUSHED_DESTINATION_KEY = "pushed_destination"
+PUSHED_VERSION_KEY = "pushed_version"
+
+_log = logging.getLogger(__name__)
+_INPUT = metadata_store_pb2.Event.INPUT
+_OUTPUT = metadata_store_pb2.Event.OUTPUT
+_NO_VERSION = -1
+
+
+@dataclasses.dataclass(frozen=True)
+class ServedRecord:
+  """A served version as recorded in MLMD (a PushedModel with pushed=1)."""
+
+  artifact_id: int
+  model_name: str
+  version: int
+  path: str
+  label: str  # the label requested at push time ("" if none)
+  forced: bool
+  pushed_at: str  # ISO 8601, UTC, from the artifact's create time
+
+  def as_json(self) -> dict:
+    return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass(frozen=True)
+class LabelChange:
+  """One SetLabel execution: `label` of `model_name` moved to `version`."""
+
+  execution_id: int
+  model_name: str
+  label: str
+  version: int
+  previous_version: int | None
+  reason: str
+  changed_at: str
+
+  def as_json(self) -> dict:
+    return dataclasses.asdict(self)
+
+
+# --- types -------------------------------------------------------------------
+
+
+def ensure_types(store: metadata_store.MetadataStore) -> dict[str, int]:
+  """Registers PushedModel, ckptflow.Promote and ckptflow.SetLabel if needed.
+
+  PushedModel is registered as TFX registers it (base type MODEL, no
+  declared properties); an existing registration with properties is kept.
+  Returns type name -> type id.
+  """
+  pushed = metadata_store_pb2.ArtifactType(
+      name=PUSHED_MODEL_TYPE_NAME, base_type=metadata_store_pb2.ArtifactType.MODEL)
+  ids = {PUSHED_MODEL_TYPE_NAME: retry(
+      lambda: store.put_artifact_type(pushed, can_add_fields=True,
+                                      can_omit_fields=True),
+      what="registering the PushedModel type")}
+  for name in (PROMOTE_TYPE_NAME, SET_LABEL_TYPE_NAME):
+    execution_type = metadata_store_pb2.ExecutionType(name=name)
+    ids[name] = retry(
+        lambda: store.put_execution_type(execution_type, can_add_fields=True,
+                                         can_omit_fields=True),
+        what=f"registering the {name} type")
+  return ids
+
+
+# --- property helpers ----------------------------------------------------------
+
+
+def _custom(node, key: str):
+  """The python value of custom property `key` (or declared property), or None."""
+  for properties in (node.custom_properties, node.properties):
+    if key in properties:
+      value = properties[key]
+      kind = value.WhichOneof("value")
+      return getattr(value, kind) if kind in (
+          "int_value", "double_value", "string_value", "bool_value") else None
+  return None
+
+
+def _iso(ms: int) -> str:
+  return datetime.datetime.fromtimestamp(ms / 1000, datetime.timezone.utc).isoformat(
+      timespec="milliseconds")
+
+
+def mark_pushed(artifact: metadata_store_pb2.Artifact, served: ServedVersion, *,
+                label: str, forced: bool) -> metadata_store_pb2.Artifact:
+  """Sets the custom properties of a PushedModel that was pushed.
+
+  Takes the MLMD proto, so a TFX executor can call it on
+  `artifact.mlmd_artifact`: its pushes then read back like ours.
+  """
+  props = artifact.custom_properties
+  props[PUSHED_KEY].int_value = 1
+  props[PUSHED_DESTINATION_KEY].string_value = served.path
+  props[PUSHED_VERSION_KEY].string_value = str(served.version)
+  props["model_name"].string_value = served.model_name
+  props["version"].int_value = served.version
+  props["label"].string_value = label
+  props["forced"].int_value = int(bool(forced))
+  return artifact
+
+
+def mark_not_pushed(artifact: metadata_store_pb2.Artifact, *, model_name: str,
+                    reason: str) -> metadata_store_pb2.Artifact:
+  """Sets the custom properties of a PushedModel that was not pushed."""
+  props = artifact.custom_properties
+  props[PUSHED_KEY].int_value = 0
+  props["model_name"].string_value = model_name
+  props["reason"].string_value = reason
+  return artifact
+
+
+def _require_artifact(store, artifact_id: int, type_name: str, role: str):
+  artifacts = retry(lambda: store.get_artifacts_by_id([artifact_id]),
+                    what=f"reading the {role} artifact")
+  if not artifacts:
+    raise MetadataError(f"{role} artifact id {artifact_id} is not in the "
+                        f"metadata store. Expected the id of a {type_name}")
+  [artifact] = artifacts
+  [artifact_type] = retry(lambda: store.get_artifact_types_by_id([artifact.type_id]),
+                          what="reading an artifact type")
+  if artifact_type.name != type_name:
+    raise MetadataError(f"artifact {artifact_id} is a {artifact_type.name}. "
+                        f"Expected a {type_name} as the {role}")
+  return artifact
+
+
+def _input_event(artifact_id: int, key: str) -> metadata_store_pb2.Event:
+  event = metadata_store_pb2.Event(artifact_id=artifact_id, type=_INPUT)
+  event.path.steps.add().key = key
+  event.path.steps.add().index = 0
+  return event
+
+
+def _output_event(key: str) -> metadata_store_pb2.Event:
+  event = metadata_store_pb2.Event(type=_OUTPUT)
+  event.path.steps.add().key = key
+  event.path.steps.add().index = 0
+  return event
+
+
+def _put_promote(store, *, model_artifact_id: int, blessing_artifact_id: int | None,
+                 pushed: metadata_store_pb2.Artifact,
+                 execution: metadata_store_pb2.Execution) -> int:
+  # Existing artifacts are passed as events only (artifact None), so this
+  # transaction cannot overwrite the Model or the blessing.
+  pairs = [(None, _input_event(model_artifact_id, "model"))]
+  if blessing_artifact_id is not None:
+    pairs.append((None, _input_event(blessing_artifact_id, "model_blessing")))
+  pairs.append((pushed, _output_event("pushed_model")))
+  try:
+    _, artifact_ids, _ = retry(
+        lambda: store.put_execution(execution, pairs, contexts=[]),
+        what="recording a promotion")
+  except mlmd_errors.AlreadyExistsError as e:
+    raise ServingError(f"{pushed.uri!r} is already recorded as a served "
+                       "version; a version is recorded once") from e
+  return artifact_ids[-1]
+
+
+def _check_inputs(store, model_artifact_id: int, blessing_artifact_id: int | None,
+                  forced: bool) -> None:
+  _require_artifact(store, model_artifact_id, MODEL_TYPE_NAME, "model")
+  if blessing_artifact_id is not None:
+    blessing = _require_artifact(store, blessing_artifact_id,
+                                 MODEL_BLESSING_TYPE_NAME, "blessing")
+    if not forced and _custom(blessing, "blessed") != 1:
+      raise ServingError(
+          f"model blessing {blessing_artifact_id} is not blessed (blessed="
+          f"{_custom(blessing, 'blessed')}). Expected blessed=1, or push with "
+          "forced=True")
+
+
+# --- pushes ------------------------------------------------------------------
+
+
+def record_push(store: metadata_store.MetadataStore, *, model_artifact_id: int,
+                served: ServedVersion, label: str, forced: bool,
+                blessing_artifact_id: int | None = None,
+                serving_root: str) -> int:
+  """Records that the Model `model_artifact_id` is served as `served`.
+
+  One transaction: a COMPLETE `ckptflow.Promote` execution, INPUT events from
+  the Model and the blessing, and an OUTPUT event to a new LIVE PushedModel
+  (uri = the version directory). A version directory is recorded at most
+  once (the PushedModel's external id is its path). Returns the PushedModel's
+  artifact id.
+
+  Raises:
+    ServingError: `served` is not a version directory under `serving_root`,
+      the label is invalid, the blessing is not blessed and `forced` is
+      False, or the version is already recorded. Nothing is written.
+    MetadataError: the model or blessing id is unknown or of the wrong type.
+  """
+  serving.validate_label(label)
+  expected = serving.version_path(serving_root, served.model_name, served.version)
+  if os.path.abspath(served.path) != expected or not os.path.isdir(expected):
+    raise ServingError(f"served version path {served.path!r} is not a version "
+                       f"directory of serving root {serving_root!r}. Expected "
+                       f"{expected!r}")
+  _check_inputs(store, model_artifact_id, blessing_artifact_id, forced)
+  type_ids = ensure_types(store)
+  pushed = metadata_store_pb2.Artifact(
+      type_id=type_ids[PUSHED_MODEL_TYPE_NAME], uri=expected,
+      state=metadata_store_pb2.Artifact.LIVE,
+      external_id=f"ckptflow.served:{expected}")
+  mark_pushed(pushed, dataclasses.replace(served, path=expected),
+              label=label, forced=forced)
+  execution = metadata_store_pb2.Execution(
+      type_id=type_ids[PROMOTE_TYPE_NAME],
+      last_known_state=metadata_store_pb2.Execution.COMPLETE)
+  props = execution.custom_properties
+  props["model_name"].string_value = served.model_name
+  props["version"].int_value = served.version
+  props["label"].string_value = label
+  props["forced"].int_value = int(bool(forced))
+  props["outcome"].string_value = "pushed"
+  return _put_promote(store, model_artifact_id=model_artifact_id,
+                      blessing_artifact_id=blessing_artifact_id,
+                      pushed=pushed, execution=execution)
+
+
+def record_not_pushed(store: metadata_store.MetadataStore, *, model_artifact_id: int,
+                      model_name: str, reason: str,
+                      blessing_artifact_id: int | None = None) -> int:
+  """Records that the Model was considered for serving and not pushed.
+
+  A `ckptflow.Promote` execution with an OUTPUT PushedModel whose `pushed`
+  is 0 and `reason` says why (e.g. "not blessed"). Returns its artifact id.
+
+  Raises:
+    ServingError: the model name is invalid.
+    MetadataError: the model or blessing id is unknown or of the wrong type.
+  """
+  serving.validate_model_name(model_name)
+  _check_inputs(store, model_artifact_id, blessing_artifact_id, forced=True)
+  type_ids = ensure_types(store)
+  pushed = metadata_store_pb2.Artifact(
+      type_id=type_ids[PUSHED_MODEL_TYPE_NAME],
+      state=metadata_store_pb2.Artifact.LIVE)
+  mark_not_pushed(pushed, model_name=model_name, reason=reason)
+  execution = metadata_store_pb2.Execution(
+      type_id=type_ids[PROMOTE_TYPE_NAME],
+      last_known_state=metadata_store_pb2.Execution.COMPLETE)
+  execution.custom_properties["model_name"].string_value = model_name
+  execution.custom_properties["outcome"].string_value = "not_pushed"
+  execution.custom_properties["reason"].string_value = reason
+  return _put_promote(store, model_artifact_id=model_artifact_id,
+                      blessing_artifact_id=blessing_artifact_id,
+                      pushed=pushed, execution=execution)
+
+
+def _artifacts_of_type(store, type_name: str) -> list[metadata_store_pb2.Artifact]:
+  try:
+    return retry(lambda: store.get_artifacts_by_type(type_name),
+                 what=f"listing {type_name} artifacts")
+  except mlmd_errors.NotFoundError:
+    return []
+
+
+def _served_record(artifact: metadata_store_pb2.Artifact) -> ServedRecord | None:
+  if _custom(artifact, PUSHED_KEY) != 1:
+    return None
+  model_name = _custom(artifact, "model_name")
+  version = _custom(artifact, "version")
+  if not isinstance(version, int):
+    pushed_version = _custom(artifact, PUSHED_VERSION_KEY)
+    version = int(pushed_version) if (
+        isinstance(pushed_version, str) and pushed_version.isdigit()) else None
+  if not isinstance(model_name, str) or not model_name or version is None:
+    return None  # a PushedModel from a pusher that does not name its version
+  return ServedRecord(
+      artifact_id=artifact.id, model_name=model_name, version=version,
+      path=_custom(artifact, PUSHED_DESTINATION_KEY) or artifact.uri,
+      label=_custom(artifact, "label") or "",
+      forced=bool(_custom(artifact, "forced")),
+      pushed_at=_iso(artifact.create_time_since_epoch))
+
+
+def all_served_versions(store: metadata_store.MetadataStore) -> list[ServedRecord]:
+  """Every served version of every model, by model name then version."""
+  records = [r for a in _artifacts_of_type(store, PUSHED_MODEL_TYPE_NAME)
+             if (r := _served_record(a)) is not None]
+  return sorted(records, key=lambda r: (r.model_name, r.version, r.artifact_id))
+
+
+def served_versions(store: metadata_store.MetadataStore,
+                    model_name: str) -> list[ServedRecord]:
+  """Served versions of `model_name` recorded in MLMD, oldest version first.
+
+  Any PushedModel with pushed=1 and the model_name / version (or
+  pushed_version) custom properties counts, whichever executor wrote it.
+  """
+  serving.validate_model_name(model_name)
+  return [r for r in all_served_versions(store) if r.model_name == model_name]
+
+
+def served_version(store: metadata_store.MetadataStore, model_name: str,
+                   version: int) -> ServedRecord:
+  """The record of one served version.
+
+  Raises:
+    ServingError: `model_name` has no served version `version`.
+  """
+  records = [r for r in served_versions(store, model_name) if r.version == version]
+  if not records:
+    known = [r.version for r in served_versions(store, model_name)]
+    raise ServingError(
+        f"model {model_name!r} has no served version {version!r}. Served "
+        f"versions: {', '.join(map(str, known)) or 'none'}")
+  return records[-1]
+
+
+# --- labels ------------------------------------------------------------------
+
+
+def label_history(store: metadata_store.MetadataStore, model_name: str,
+                  label: str | None = None) -> list[LabelChange]:
+  """Every label change of `model_name` (of `label` only, if given), oldest
+  first."""
+  try:
+    executions = retry(lambda: store.get_executions_by_type(SET_LABEL_TYPE_NAME),
+                       what="listing label changes")
+  except mlmd_errors.NotFoundError:
+    return []
+  changes = []
+  for execution in sorted(executions, key=lambda e: e.id):
+    if _custom(execution, "model_name") != model_name:
+      continue
+    if label is not None and _custom(execution, "label") != label:
+      continue
+    previous = _custom(execution, "previous_version")
+    changes.append(LabelChange(
+        execution_id=execution.id, model_name=model_name,
+        label=_custom(execution, "label"), version=_custom(execution, "version"),
+        previous_version=None if previous in (None, _NO_VERSION) else previous,
+        reason=_custom(execution, "reason") or "",
+        changed_at=_iso(execution.create_time_since_epoch)))
+  return changes
+
+
+def current_labels(store: metadata_store.MetadataStore, model_name: str) -> dict[str, int]:
+  """label -> version for `model_name`: each label's latest SetLabel."""
+  labels = {}
+  for change in label_history(store, model_name):
+    labels[change.label] = change.version
+  return dict(sorted(labels.items()))
+
+
+def set_label(store: metadata_store.MetadataStore, model_name: str, label: str,
+              version: int, reason: str) -> int:
+  """Points `label` of `model_name` at served version `version`.
+
+  Records a COMPLETE `ckptflow.SetLabel` execution (custom properties
+  model_name, label, version, previous_version (-1 if none), reason) with an
+  INPUT event from the version's PushedModel, in one transaction. Does not
+  touch models.config: call `sync_models_config` after (holding
+  `serving.models_config_lock` around both keeps previous_version exact
+  when several processes relabel at once). Returns the execution id.
+
+  Raises:
+    ServingError: the label is invalid, or `version` is not a served version
+      of `model_name` whose directory exists. Nothing is written.
+  """
+  serving.validate_label(label)
+  record = served_version(store, model_name, version)
+  if not os.path.isdir(record.path):
+    raise ServingError(f"version {version} of {model_name!r} is recorded but its "
+                       f"directory {record.path!r} is gone. Expected a served "
+                       "version that still exists")
+  previous = current_labels(store, model_name).get(label, _NO_VERSION)
+  type_ids = ensure_types(store)
+  execution = metadata_store_pb2.Execution(
+      type_id=type_ids[SET_LABEL_TYPE_NAME],
+      last_known_state=metadata_store_pb2.Execution.COMPLETE)
+  props = execution.custom_properties
+  props["model_name"].string_value = model_name
+  props["label"].string_value = label
+  props["version"].int_value = version
+  props["previous_version"].int_value = previous
+  props["reason"].string_value = reason
+  event = _input_event(record.artifact_id, "pushed_model")
+  execution_id, _, _ = retry(
+      lambda: store.put_execution(execution, [(None, event)], contexts=[]),
+      what="recording a label change")
+  return execution_id
+
+
+def _stable_stack(history: Sequence[LabelChange]) -> list[int]:
+  """Replays `stable` changes: a promotion pushes, a rollback pops back to
+  its target (so rolling back twice goes two promotions back, not forth)."""
+  stack: list[int] = []
+  for change in history:
+    if change.reason == "rollback":
+      if change.version in stack:
+        del stack[len(stack) - stack[::-1].index(change.version):]
+      else:
+        stack[-1:] = [change.version]
+    else:
+      stack.append(change.version)
+  return stack
+
+
+def rollback(store: metadata_store.MetadataStore, serving_root: str,
+             model_name: str, to_version: int | None = None) -> tuple[int, int]:
+  """Moves the `stable` label back, and rewrites models.config.
+
+  Without `to_version`: to the stable version before the current one, as
+  promotions and earlier rollbacks left it (rolling back twice goes two
+  promotions back), skipping versions whose directory is gone. With it: to
+  that served version, whose directory must exist (rolling back to the
+  current version only rewrites models.config). Returns (previous, new).
+
+  Raises:
+    ServingError: no stable label, no earlier stable version, or
+      `to_version` is not a served version with a directory. Nothing is
+      written.
+  """
+  serving.validate_model_name(model_name)
+  # Checked once before taking the lock, so a refused rollback creates
+  # nothing (not even the lock file), and again under it, where it counts.
+  _rollback_target(store, serving_root, model_name, to_version)
+  with serving.models_config_lock(serving_root):
+    current, target = _rollback_target(store, serving_root, model_name, to_version)
+    if target != current:
+      set_label(store, model_name, STABLE, target, reason="rollback")
+    sync_models_config(store, serving_root)
+  return current, target
+
+
+def _rollback_target(store, serving_root: str, model_name: str,
+                     to_version: int | None) -> tuple[int, int]:
+  """(current stable version, version to roll back to); see `rollback`."""
+  current = current_labels(store, model_name).get(STABLE)
+  if current is None:
+    raise ServingError(f"model {model_name!r} has no {STABLE!r} version, so "
+                       "there is nothing to roll back. Promote a version first")
+  served = {r.version for r in served_versions(store, model_name)}
+
+  def usable(version: int) -> bool:
+    return version in served and os.path.isdir(
+        serving.version_path(serving_root, model_name, version))
+
+  if to_version is None:
+    stack = _stable_stack(label_history(store, model_name, STABLE))
+    candidates = [v for v in reversed(stack[:-1]) if v != current and usable(v)]
+    if not candidates:
+      raise ServingError(f"model {model_name!r} has no earlier {STABLE!r} "
+                         f"version to roll back to from version {current}. "
+                         "Pass the version to roll back to")
+    return current, candidates[0]
+  if isinstance(to_version, bool) or not isinstance(to_version, int) or not usable(to_version):
+    raise ServingError(
+        f"cannot roll back {model_name!r} to version {to_version!r}. Expected "
+        f"a served version whose directory exists: "
+        f"{', '.join(str(v) for v in sorted(served) if usable(v)) or 'none'}")
+  return current, to_version
+
+
+def serving_states(store: metadata_store.MetadataStore,
+                   serving_root: str) -> dict[str, serving.ModelServingState]:
+  """What models.config should say, from MLMD: per model, its labelled
+  versions plus its newest served version, limited to versions whose
+  directory exists under `serving_root` (a label on a missing version is
+  left out, with a warning)."""
+  by_model: dict[str, set[int]] = {}
+  for record in all_served_versions(store):
+    if os.path.isdir(serving.version_path(serving_root, record.model_name,
+                                          record.version)):
+      by_model.setdefault(record.model_name, set()).add(record.version)
+  states = {}
+  for model_name, present in sorted(by_model.items()):
+    labels = {}
+    for label, version in current_labels(store, model_name).items():
+      if version in present:
+        labels[label] = version
+      else:
+        _log.warning("label %r of model %r names version %d, which is not in "
+                     "%r; leaving it out of models.config", label, model_name,
+                     version, serving_root)
+    states[model_name] = serving.ModelServingState(
+        versions=tuple(set(labels.values()) | {max(present)}), labels=labels)
+  return states
+
+
+def sync_models_config(store: metadata_store.MetadataStore,
+                       serving_root: str) -> dict[str, serving.ModelServingState]:
+  """Rewrites SERVING_ROOT/models.config from MLMD (see `serving_states`).
+
+  Reads MLMD and replaces the file while holding `models_config_lock`, so
+  concurrent syncs cannot leave an older state on disk. Returns the states
+  written.
+  """
+  with serving.models_config_lock(serving_root):
+    states = serving_states(store, serving_root)
+    serving.write_models_config(serving_root, states)
+  return states
+
+
+def promote(store: metadata_store.MetadataStore, *, saved_model_dir: str,
+            serving_root: str, model_name: str, model_artifact_id: int,
+            label: str = STABLE, forced: bool = False,
+            blessing_artifact_id: int | None = None) -> ServedRecord:
+  """Pushes a SavedModel, records it, labels it, and rewrites models.config.
+
+  Versions recorded in MLMD are reserved, so a wiped serving root never
+  reuses a number. Inputs are checked before anything is copied. A crash
+  between steps leaves a state the next sync repairs: an unrecorded version
+  directory is never loaded (models.config lists versions explicitly), and a
+  recorded, unlabelled one is loaded as the newest version.
+
+  Raises:
+    ServingError, MetadataError: as `push_saved_model`, `record_push`.
+  """
+  serving.validate_model_name(model_name)
+  serving.validate_label(label)
+  _check_inputs(store, model_artifact_id, blessing_artifact_id, forced)
+  reserved = [r.version for r in served_versions(store, model_name)]
+  served = serving.push_saved_model(saved_model_dir, serving_root, model_name,
+                                    reserved_versions=reserved)
+  record_push(store, model_artifact_id=model_artifact_id, served=served,
+              label=label, forced=forced,
+              blessing_artifact_id=blessing_artifact_id, serving_root=serving_root)
+  with serving.models_config_lock(serving_root):
+    set_label(store, model_name, label, served.version, reason="promote")
+    sync_models_config(store, serving_root)
+  return served_version(store, model_name, served.version)
+
+
+__all__ = [
+    "LabelChange", "ServedRecord", "all_served_versions", "current_labels",
+    "ensure_types", "label_history", "mark_not_pushed", "mark_pushed", "promote",
+    "record_not_pushed", "record_push", "rollback", "served_version",
+    "served_versions", "serving_states", "set_label", "sync_models_config",
+]
