@@ -89,6 +89,7 @@ def served_graph(store, tmp_path):
   served = promotion.promote(store, saved_model_dir=str(model_dir),
                              serving_root=str(tmp_path / "serving"),
                              model_name="m", model_artifact_id=model_id)
+  promotion.set_label(store, "m", "canary", 1, reason="promote")
   return {"examples": examples_id, "schema": schema_id, "trainer": trainer_id,
           "checkpoint": checkpoint.id, "export": export_id, "model": model_id,
           "pushed": served.artifact_id, "served": served}
@@ -106,6 +107,7 @@ def test_lineage_of_served_version_walks_back_to_examples(store, served_graph):
   assert kinds == {"PushedModel", "ckptflow.Promote", "Model", "ckptflow.Export",
                    "Checkpoint", "Trainer", "Examples", "Schema", "CsvExampleGen"}
   # Downstream executions (the SetLabel that reads the PushedModel) are not lineage.
+  assert len(store.get_executions_by_type("ckptflow.SetLabel")) == 1
   assert "ckptflow.SetLabel" not in kinds
   edges = {(e.source, e.target, e.event_type) for e in graph.edges}
   assert (f"artifact:{ids['checkpoint']}", f"execution:{ids['export']}", "INPUT") in edges

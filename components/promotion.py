@@ -9,9 +9,12 @@ MLMD is the source of truth; `models.config` is derived from it.
   `pushed_version`) plus `model_name`, `version`, `label` and `forced`. A
   model that is not pushed gets a `PushedModel` with `pushed`=0 (TFX
   `_MarkNotPushed`): not promoted is an outcome, and lineage stays complete.
-* A label change is an execution of type `ckptflow.SetLabel` with an INPUT
-  event from the labelled version's PushedModel. The current value of a
-  label is its latest SetLabel execution (highest id).
+* A label is assigned by a labelled push (the PushedModel's `label`, as of
+  the execution that produced it: our `ckptflow.Promote`, or a TFX Pusher
+  execution whose executor called `mark_pushed`) or by an execution of type
+  `ckptflow.SetLabel` with an INPUT event from the labelled version's
+  PushedModel (relabel, rollback). The current value of a label is the one
+  its latest assigning execution (highest execution id) gave it.
 * `sync_models_config` rewrites models.config from MLMD: for each model, the
   labelled versions plus the newest served version, with their labels.
 
@@ -67,7 +70,7 @@ class ServedRecord:
   model_name: str
   version: int
   path: str
-  label: str  # the label requested at push time ("" if none)
+  label: str  # the label this push assigned ("" if none)
   forced: bool
   pushed_at: str  # ISO 8601, UTC, from the artifact's create time
 
@@ -77,7 +80,9 @@ class ServedRecord:
 
 @dataclasses.dataclass(frozen=True)
 class LabelChange:
-  """One SetLabel execution: `label` of `model_name` moved to `version`."""
+  """One label assignment: `label` of `model_name` moved to `version`, by
+  a labelled push (reason "push", `execution_id` = the pushing execution)
+  or a SetLabel execution (its reason: "promote", "rollback", ...)."""
 
   execution_id: int
   model_name: str
@@ -136,19 +141,23 @@ def _iso(ms: int) -> str:
 
 
 def mark_pushed(artifact: metadata_store_pb2.Artifact, served: ServedVersion, *,
-                label: str, forced: bool) -> metadata_store_pb2.Artifact:
+                label: str | None, forced: bool) -> metadata_store_pb2.Artifact:
   """Sets the custom properties of a PushedModel that was pushed.
 
   Takes the MLMD proto, so a TFX executor can call it on
-  `artifact.mlmd_artifact`: its pushes then read back like ours.
+  `artifact.mlmd_artifact`: its pushes then read back like ours, and its
+  `label` takes effect once TFX publishes the artifact. `label` None or ""
+  assigns no label.
   """
+  if label:
+    serving.validate_label(label)
   props = artifact.custom_properties
   props[PUSHED_KEY].int_value = 1
   props[PUSHED_DESTINATION_KEY].string_value = served.path
   props[PUSHED_VERSION_KEY].string_value = str(served.version)
   props["model_name"].string_value = served.model_name
   props["version"].int_value = served.version
-  props["label"].string_value = label
+  props["label"].string_value = label or ""
   props["forced"].int_value = int(bool(forced))
   return artifact
 
@@ -228,15 +237,17 @@ def _check_inputs(store, model_artifact_id: int, blessing_artifact_id: int | Non
 
 
 def record_push(store: metadata_store.MetadataStore, *, model_artifact_id: int,
-                served: ServedVersion, label: str, forced: bool,
+                served: ServedVersion, label: str | None, forced: bool,
                 blessing_artifact_id: int | None = None,
                 serving_root: str) -> int:
-  """Records that the Model `model_artifact_id` is served as `served`.
+  """Records that the Model `model_artifact_id` is served as `served`, and
+  that this push assigns `label` (None: no label) to it.
 
   One transaction: a COMPLETE `ckptflow.Promote` execution, INPUT events from
   the Model and the blessing, and an OUTPUT event to a new LIVE PushedModel
   (uri = the version directory). A version directory is recorded at most
-  once (the PushedModel's external id is its path). Returns the PushedModel's
+  once (the PushedModel's external id is its path). Does not touch
+  models.config (see `sync_models_config`). Returns the PushedModel's
   artifact id.
 
   Raises:
@@ -245,7 +256,8 @@ def record_push(store: metadata_store.MetadataStore, *, model_artifact_id: int,
       False, or the version is already recorded. Nothing is written.
     MetadataError: the model or blessing id is unknown or of the wrong type.
   """
-  serving.validate_label(label)
+  if label:
+    serving.validate_label(label)
   expected = serving.version_path(serving_root, served.model_name, served.version)
   if os.path.abspath(served.path) != expected or not os.path.isdir(expected):
     raise ServingError(f"served version path {served.path!r} is not a version "
@@ -265,7 +277,7 @@ def record_push(store: metadata_store.MetadataStore, *, model_artifact_id: int,
   props = execution.custom_properties
   props["model_name"].string_value = served.model_name
   props["version"].int_value = served.version
-  props["label"].string_value = label
+  props["label"].string_value = label or ""
   props["forced"].int_value = int(bool(forced))
   props["outcome"].string_value = "pushed"
   return _put_promote(store, model_artifact_id=model_artifact_id,
@@ -369,18 +381,18 @@ def served_version(store: metadata_store.MetadataStore, model_name: str,
 
 def label_history(store: metadata_store.MetadataStore, model_name: str,
                   label: str | None = None) -> list[LabelChange]:
-  """Every label change of `model_name` (of `label` only, if given), oldest
-  first."""
+  """Every label assignment of `model_name` (of `label` only, if given), in
+  execution-id order: labelled pushes (reason "push", execution = the one
+  that produced the PushedModel) and SetLabel executions. A PushedModel no
+  execution produced has no place in that order and assigns nothing."""
+  changes: list[LabelChange] = []
   try:
     executions = retry(lambda: store.get_executions_by_type(SET_LABEL_TYPE_NAME),
                        what="listing label changes")
   except mlmd_errors.NotFoundError:
-    return []
-  changes = []
-  for execution in sorted(executions, key=lambda e: e.id):
+    executions = []
+  for execution in executions:
     if _custom(execution, "model_name") != model_name:
-      continue
-    if label is not None and _custom(execution, "label") != label:
       continue
     previous = _custom(execution, "previous_version")
     changes.append(LabelChange(
@@ -389,11 +401,32 @@ def label_history(store: metadata_store.MetadataStore, model_name: str,
         previous_version=None if previous in (None, _NO_VERSION) else previous,
         reason=_custom(execution, "reason") or "",
         changed_at=_iso(execution.create_time_since_epoch)))
-  return changes
+  pushes = {r.artifact_id: r for r in served_versions(store, model_name) if r.label}
+  if pushes:
+    events = retry(lambda: store.get_events_by_artifact_ids(list(pushes)),
+                   what="reading push events")
+    producers = {e.artifact_id: e.execution_id for e in events if e.type == _OUTPUT}
+    for artifact_id, record in pushes.items():
+      if artifact_id in producers:
+        changes.append(LabelChange(
+            execution_id=producers[artifact_id], model_name=model_name,
+            label=record.label, version=record.version, previous_version=None,
+            reason="push", changed_at=record.pushed_at))
+  changes.sort(key=lambda c: (c.execution_id, c.reason != "push"))
+  # Replay, to give each push the version its label had before it.
+  current: dict[str, int] = {}
+  replayed = []
+  for change in changes:
+    if change.reason == "push":
+      change = dataclasses.replace(change, previous_version=current.get(change.label))
+    current[change.label] = change.version
+    replayed.append(change)
+  return [c for c in replayed if label is None or c.label == label]
 
 
 def current_labels(store: metadata_store.MetadataStore, model_name: str) -> dict[str, int]:
-  """label -> version for `model_name`: each label's latest SetLabel."""
+  """label -> version for `model_name`: what each label's latest assignment
+  (labelled push or SetLabel, by execution id) gave it."""
   labels = {}
   for change in label_history(store, model_name):
     labels[change.label] = change.version
@@ -402,7 +435,8 @@ def current_labels(store: metadata_store.MetadataStore, model_name: str) -> dict
 
 def set_label(store: metadata_store.MetadataStore, model_name: str, label: str,
               version: int, reason: str) -> int:
-  """Points `label` of `model_name` at served version `version`.
+  """Points `label` of `model_name` at served version `version` (relabel,
+  e.g. canary to stable, or rollback).
 
   Records a COMPLETE `ckptflow.SetLabel` execution (custom properties
   model_name, label, version, previous_version (-1 if none), reason) with an
@@ -510,21 +544,42 @@ def _rollback_target(store, serving_root: str, model_name: str,
   return current, to_version
 
 
-def serving_states(store: metadata_store.MetadataStore,
-                   serving_root: str) -> dict[str, serving.ModelServingState]:
+def serving_states(store: metadata_store.MetadataStore, serving_root: str, *,
+                   pending: ServedVersion | None = None,
+                   pending_label: str | None = None
+                   ) -> dict[str, serving.ModelServingState]:
   """What models.config should say, from MLMD: per model, its labelled
   versions plus its newest served version, limited to versions whose
   directory exists under `serving_root` (a label on a missing version is
-  left out, with a warning)."""
+  left out, with a warning).
+
+  `pending` is a pushed version MLMD does not hold yet (a TFX executor's
+  PushedModel is published only after the executor returns): it counts as
+  served and, with `pending_label`, as the latest assignment of that label.
+
+  Raises:
+    ServingError: `pending` is not a version directory of `serving_root`.
+  """
   by_model: dict[str, set[int]] = {}
   for record in all_served_versions(store):
     if os.path.isdir(serving.version_path(serving_root, record.model_name,
                                           record.version)):
       by_model.setdefault(record.model_name, set()).add(record.version)
+  if pending is not None:
+    path = serving.version_path(serving_root, pending.model_name, pending.version)
+    if not os.path.isdir(path):
+      raise ServingError(f"pending version {pending.path!r} is not a version "
+                         f"directory of {serving_root!r}. Expected {path!r}")
+    by_model.setdefault(pending.model_name, set()).add(pending.version)
+    if pending_label:
+      serving.validate_label(pending_label)
   states = {}
   for model_name, present in sorted(by_model.items()):
+    assigned = current_labels(store, model_name)
+    if pending is not None and pending_label and pending.model_name == model_name:
+      assigned[pending_label] = pending.version
     labels = {}
-    for label, version in current_labels(store, model_name).items():
+    for label, version in assigned.items():
       if version in present:
         labels[label] = version
       else:
@@ -536,16 +591,20 @@ def serving_states(store: metadata_store.MetadataStore,
   return states
 
 
-def sync_models_config(store: metadata_store.MetadataStore,
-                       serving_root: str) -> dict[str, serving.ModelServingState]:
-  """Rewrites SERVING_ROOT/models.config from MLMD (see `serving_states`).
+def sync_models_config(store: metadata_store.MetadataStore, serving_root: str, *,
+                       pending: ServedVersion | None = None,
+                       pending_label: str | None = None
+                       ) -> dict[str, serving.ModelServingState]:
+  """Rewrites SERVING_ROOT/models.config from MLMD (see `serving_states`,
+  also for `pending`).
 
   Reads MLMD and replaces the file while holding `models_config_lock`, so
   concurrent syncs cannot leave an older state on disk. Returns the states
   written.
   """
   with serving.models_config_lock(serving_root):
-    states = serving_states(store, serving_root)
+    states = serving_states(store, serving_root, pending=pending,
+                            pending_label=pending_label)
     serving.write_models_config(serving_root, states)
   return states
 
@@ -554,13 +613,13 @@ def promote(store: metadata_store.MetadataStore, *, saved_model_dir: str,
             serving_root: str, model_name: str, model_artifact_id: int,
             label: str = STABLE, forced: bool = False,
             blessing_artifact_id: int | None = None) -> ServedRecord:
-  """Pushes a SavedModel, records it, labels it, and rewrites models.config.
+  """Pushes a SavedModel, records the push (which assigns `label`), and
+  rewrites models.config.
 
   Versions recorded in MLMD are reserved, so a wiped serving root never
   reuses a number. Inputs are checked before anything is copied. A crash
   between steps leaves a state the next sync repairs: an unrecorded version
-  directory is never loaded (models.config lists versions explicitly), and a
-  recorded, unlabelled one is loaded as the newest version.
+  directory is never loaded (models.config lists versions explicitly).
 
   Raises:
     ServingError, MetadataError: as `push_saved_model`, `record_push`.
@@ -574,9 +633,7 @@ def promote(store: metadata_store.MetadataStore, *, saved_model_dir: str,
   record_push(store, model_artifact_id=model_artifact_id, served=served,
               label=label, forced=forced,
               blessing_artifact_id=blessing_artifact_id, serving_root=serving_root)
-  with serving.models_config_lock(serving_root):
-    set_label(store, model_name, label, served.version, reason="promote")
-    sync_models_config(store, serving_root)
+  sync_models_config(store, serving_root)
   return served_version(store, model_name, served.version)
 
 

@@ -213,8 +213,9 @@ def test_set_label_records_execution_with_previous_version_and_input_event(
   for _ in range(2):
     served = serving.push_saved_model(source, root, "m")
     records.append(promotion.record_push(
-        store, model_artifact_id=model_id, served=served, label="stable",
+        store, model_artifact_id=model_id, served=served, label=None,
         forced=False, serving_root=root))
+  assert promotion.current_labels(store, "m") == {}
 
   promotion.set_label(store, "m", "stable", 1, reason="promote")
   execution_id = promotion.set_label(store, "m", "stable", 2, reason="promote")
@@ -383,7 +384,7 @@ def test_sync_models_config_rebuilds_lost_config_from_mlmd(store, tmp_path, root
   # A pushed, recorded but unlabelled version is loaded as the newest one.
   served = serving.push_saved_model(source, root, "b")
   promotion.record_push(store, model_artifact_id=model_id, served=served,
-                        label="stable", forced=False, serving_root=root)
+                        label=None, forced=False, serving_root=root)
   expected = {
       "a": serving.ModelServingState(versions=(1, 2), labels={"stable": 1, "canary": 2}),
       "b": serving.ModelServingState(versions=(1, 2), labels={"stable": 1}),
@@ -399,3 +400,72 @@ def test_rollback_of_never_promoted_model_fails_and_creates_nothing(store, tmp_p
     promotion.rollback(store, root, "m")
   assert not os.path.exists(root)
   assert counts(store) == (0, 0, 0)
+
+
+def put_tfx_pusher_execution(store, pushed_artifact):
+  """Publishes `pushed_artifact` as the OUTPUT of a pusher execution, as TFX
+  does after its executor returns."""
+  type_id = store.put_execution_type(metadata_store_pb2.ExecutionType(
+      name="tfx.components.pusher.component.Pusher"))
+  execution = metadata_store_pb2.Execution(
+      type_id=type_id, last_known_state=metadata_store_pb2.Execution.COMPLETE)
+  _, [artifact_id], _ = store.put_execution(
+      execution, [(pushed_artifact, metadata_store_pb2.Event(type=OUTPUT))], contexts=[])
+  return artifact_id
+
+
+def test_pipeline_push_labels_config_before_publish_and_mlmd_after(store, tmp_path, root):
+  model_id, source = put_model(store, tmp_path)
+  promotion.promote(store, saved_model_dir=source, serving_root=root,
+                    model_name="m", model_artifact_id=model_id)
+  # What the pipeline's Pusher executor does: push, mark its output artifact,
+  # sync with the version MLMD does not hold yet.
+  served = serving.push_saved_model(source, root, "m")
+  type_id = promotion.ensure_types(store)["PushedModel"]
+  artifact = metadata_store_pb2.Artifact(type_id=type_id, uri="/pipeline_root/Pusher/7")
+  promotion.mark_pushed(artifact, served, label="stable", forced=False)
+
+  states = promotion.sync_models_config(store, root, pending=served,
+                                        pending_label="stable")
+
+  expected = {"m": serving.ModelServingState(versions=(2,), labels={"stable": 2})}
+  assert states == serving.read_models_config(root) == expected
+  assert promotion.current_labels(store, "m") == {"stable": 1}
+
+  put_tfx_pusher_execution(store, artifact)  # TFX publishes after Do returns
+
+  assert promotion.current_labels(store, "m") == {"stable": 2}
+  assert promotion.sync_models_config(store, root) == expected
+  last = promotion.label_history(store, "m", "stable")[-1]
+  assert (last.version, last.previous_version, last.reason) == (2, 1, "push")
+  assert promotion.rollback(store, root, "m") == (2, 1)
+
+
+def test_latest_assignment_wins_between_pushes_and_set_label(store, tmp_path, root):
+  model_id, source = put_model(store, tmp_path)
+  for label in ("stable", "canary"):
+    promotion.promote(store, saved_model_dir=source, serving_root=root,
+                      model_name="m", model_artifact_id=model_id, label=label)
+
+  promotion.set_label(store, "m", "stable", 2, reason="promote")  # canary -> stable
+
+  assert promotion.current_labels(store, "m") == {"canary": 2, "stable": 2}
+  third = promotion.promote(store, saved_model_dir=source, serving_root=root,
+                            model_name="m", model_artifact_id=model_id,
+                            label="canary")
+  assert promotion.current_labels(store, "m") == {"canary": third.version, "stable": 2}
+  assert labels_in_config(root, "m") == promotion.current_labels(store, "m")
+
+
+def test_sync_with_pending_version_outside_serving_root_fails_and_keeps_config(
+    store, tmp_path, root):
+  model_id, source = put_model(store, tmp_path)
+  promotion.promote(store, saved_model_dir=source, serving_root=root,
+                    model_name="m", model_artifact_id=model_id)
+  before = open(serving.models_config_path(root)).read()
+
+  with pytest.raises(ServingError, match="pending version"):
+    promotion.sync_models_config(
+        store, root, pending=serving.ServedVersion("m", 5, "/nowhere/m/5"),
+        pending_label="stable")
+  assert open(serving.models_config_path(root)).read() == before
