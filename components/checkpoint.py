@@ -22,7 +22,7 @@ from ml_metadata import errors as mlmd_errors
 from ml_metadata import metadata_store
 from ml_metadata.proto import metadata_store_pb2
 
-from ckptflow.pipeline.metadata import retry
+from ckptflow.pipeline.metadata import query, retry
 
 CHECKPOINT_TYPE_NAME = "Checkpoint"
 
@@ -143,7 +143,7 @@ class CheckpointRegistry:
     self._type_id = ensure_checkpoint_type(store)
     # The pipeline, run and node contexts of the execution, so checkpoints
     # show up in per-run queries like every other artifact of the run.
-    self._contexts = retry(
+    self._contexts = query(
         lambda: store.get_contexts_by_execution(execution_id),
         what="reading the execution's contexts")
 
@@ -188,7 +188,7 @@ class CheckpointRegistry:
     self._link(artifact_id, metadata_store_pb2.Event.INPUT, key, 0)
 
   def _link(self, artifact_id: int, event_type: int, key: str, index: int) -> None:
-    events = retry(lambda: self._store.get_events_by_artifact_ids([artifact_id]),
+    events = query(lambda: self._store.get_events_by_artifact_ids([artifact_id]),
                    what="reading checkpoint events")
     if any(e.execution_id == self._execution_id and e.type == event_type
            for e in events):
@@ -209,16 +209,13 @@ class CheckpointRegistry:
 
 def _by_external_id(store: metadata_store.MetadataStore,
                     external_id: str) -> list[metadata_store_pb2.Artifact]:
-  try:
-    return retry(lambda: store.get_artifacts_by_external_ids([external_id]),
-                 what="looking up a checkpoint")
-  except mlmd_errors.NotFoundError:
-    return []
+  return query(lambda: store.get_artifacts_by_external_ids([external_id]),
+               what="looking up a checkpoint")
 
 
 def get_checkpoint(store: metadata_store.MetadataStore, artifact_id: int) -> CheckpointRecord:
   from ckptflow.pipeline.errors import CheckpointError
-  artifacts = retry(lambda: store.get_artifacts_by_id([artifact_id]),
+  artifacts = query(lambda: store.get_artifacts_by_id([artifact_id]),
                     what="reading a checkpoint")
   if not artifacts:
     raise CheckpointError(f"no artifact with id {artifact_id}")
@@ -232,11 +229,8 @@ def get_checkpoint(store: metadata_store.MetadataStore, artifact_id: int) -> Che
 
 def list_checkpoints(store: metadata_store.MetadataStore) -> list[CheckpointRecord]:
   """Every Checkpoint artifact in the store, oldest first."""
-  try:
-    artifacts = retry(lambda: store.get_artifacts_by_type(CHECKPOINT_TYPE_NAME),
-                      what="listing checkpoints")
-  except mlmd_errors.NotFoundError:
-    return []
+  artifacts = query(lambda: store.get_artifacts_by_type(CHECKPOINT_TYPE_NAME),
+                    what="listing checkpoints")
   return sorted((CheckpointRecord.from_artifact(a) for a in artifacts),
                 key=lambda r: r.id)
 
@@ -269,7 +263,7 @@ def set_protected(store: metadata_store.MetadataStore, artifact_id: int,
 def producer_execution_ids(store: metadata_store.MetadataStore,
                            artifact_ids: Sequence[int]) -> dict[int, int]:
   """artifact id -> id of the execution that has it as OUTPUT."""
-  events = retry(lambda: store.get_events_by_artifact_ids(list(artifact_ids)),
+  events = query(lambda: store.get_events_by_artifact_ids(list(artifact_ids)),
                  what="reading checkpoint events")
   return {e.artifact_id: e.execution_id for e in events
           if e.type == metadata_store_pb2.Event.OUTPUT}

@@ -182,3 +182,12 @@ def target_from_env() -> str:
         "metadata store. Run through `ckptflow run`, or set it to the "
         "pipeline's metadata target")
   return target
+
+
+def query(operation: Callable[[], list], *, what: str) -> list:
+  """Runs a read through `retry`; MLMD's NotFound for "no such rows" is an
+  empty list (several MLMD list calls raise it instead of returning [])."""
+  try:
+    return retry(operation, what=what)
+  except mlmd_errors.NotFoundError:
+    return []

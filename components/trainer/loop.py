@@ -30,7 +30,7 @@ import os
 import shutil
 import sys
 import time
-from typing import Callable, Iterator, Mapping, Protocol, Sequence
+from typing import Callable, Mapping, Protocol, Sequence
 
 import tensorflow as tf
 
@@ -187,6 +187,7 @@ class TrainingLoop:
         features, labels = next(self._iterator)
         step_metrics = self._train_step(features, labels)
         step = int(self._step.assign_add(1).numpy())
+        fault_point("train-step")
         metrics = {k: float(v) for k, v in step_metrics.items()}
         if not all(math.isfinite(v) for v in metrics.values()):
           raise FloatingPointError(f"training diverged at step {step}: {metrics}")
@@ -314,6 +315,3 @@ def _default_progress() -> Callable[[str], None]:
 def count_records(dataset: tf.data.Dataset) -> int:
   return int(dataset.reduce(tf.constant(0, tf.int64), lambda n, _: n + 1).numpy())
 
-
-def iterate(dataset: tf.data.Dataset) -> Iterator:
-  return iter(dataset)

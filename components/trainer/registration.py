@@ -17,7 +17,7 @@ from ml_metadata.proto import metadata_store_pb2
 from ckptflow.components import checkpoint as ckpt_records
 from ckptflow.components.checkpoint import (CHECKPOINT_TYPE_NAME, CheckpointRecord,
                                             CheckpointRegistry, NewCheckpoint)
-from ckptflow.pipeline.metadata import retry
+from ckptflow.pipeline.metadata import query
 
 _log = logging.getLogger(__name__)
 
@@ -31,12 +31,12 @@ def _quote(value: str) -> str:
 def checkpoints_with_key(store: metadata_store.MetadataStore, resume_key: str, *,
                          live_only: bool = True) -> list[CheckpointRecord]:
   """Checkpoints of the training run `resume_key`, newest step first."""
-  query = (f"type = {_quote(CHECKPOINT_TYPE_NAME)} AND "
+  condition = (f"type = {_quote(CHECKPOINT_TYPE_NAME)} AND "
            f"properties.resume_key.string_value = {_quote(resume_key)}")
   if live_only:
-    query += " AND state = LIVE"
-  artifacts = retry(lambda: store.get_artifacts(
-      list_options=metadata_store.ListOptions(filter_query=query)),
+    condition += " AND state = LIVE"
+  artifacts = query(lambda: store.get_artifacts(
+      list_options=metadata_store.ListOptions(filter_query=condition)),
                     what="listing a run's checkpoints")
   records = [CheckpointRecord.from_artifact(a) for a in artifacts]
   return sorted(records, key=lambda r: (r.step, r.id), reverse=True)
@@ -61,7 +61,7 @@ class MlmdCheckpointSink:
       return []
     producers = ckpt_records.producer_execution_ids(self._store, [r.id for r in records])
     execution_ids = sorted(set(producers.values()) - {self.execution_id})
-    executions = retry(lambda: self._store.get_executions_by_id(execution_ids),
+    executions = query(lambda: self._store.get_executions_by_id(execution_ids),
                        what="reading earlier executions") if execution_ids else []
     unfinished = {e.id for e in executions if e.last_known_state not in _FINISHED}
     return [r for r in records if producers.get(r.id) in unfinished]

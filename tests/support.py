@@ -1,0 +1,28 @@
+"""Helpers shared by the tests (importable as `support`)."""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import subprocess
+import sys
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+PENGUINS = pathlib.Path(os.environ.get(
+    "CKPTFLOW_PENGUINS", REPO.parent / "shared" / "data" / "penguins"))
+
+# The end-to-end run's settings: short, but with several checkpoints.
+E2E_STEPS = 300
+E2E_EVERY = 100
+
+
+def ckptflow(*args: str, env: dict | None = None, check: bool = True,
+             timeout: float = 900) -> subprocess.CompletedProcess:
+  """Runs the real `ckptflow` CLI in a subprocess."""
+  full_env = os.environ | {"TF_USE_LEGACY_KERAS": "1"} | (env or {})
+  result = subprocess.run([sys.executable, "-m", "ckptflow.pipeline.cli", *args],
+                          capture_output=True, text=True, env=full_env, timeout=timeout)
+  if check and result.returncode != 0:
+    raise AssertionError(f"ckptflow {' '.join(args)} exited {result.returncode}:\n"
+                         f"{result.stderr[-4000:]}")
+  return result

@@ -1,0 +1,160 @@
+"""End to end: `ckptflow run` on the penguins data, checked in MLMD."""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+from ml_metadata import metadata_store
+from ml_metadata.proto import metadata_store_pb2
+
+from support import E2E_EVERY, E2E_STEPS, ckptflow
+
+pytestmark = pytest.mark.e2e
+
+COMPONENTS = ("CsvExampleGen", "StatisticsGen", "SchemaGen", "ExampleValidator",
+              "CheckpointingTrainer", "Evaluator", "Pusher")
+
+
+def _store(home: pathlib.Path) -> metadata_store.MetadataStore:
+  config = metadata_store_pb2.ConnectionConfig()
+  config.sqlite.filename_uri = str(home / "metadata.sqlite")
+  config.sqlite.connection_mode = metadata_store_pb2.SqliteMetadataSourceConfig.READWRITE
+  return metadata_store.MetadataStore(config)
+
+
+def _executions_by_component(store) -> dict[str, list[metadata_store_pb2.Execution]]:
+  by_component: dict[str, list] = {}
+  for execution_type in store.get_execution_types():
+    short = execution_type.name.rsplit(".", 1)[-1]
+    by_component.setdefault(short, []).extend(store.get_executions_by_type(execution_type.name))
+  return by_component
+
+
+def _trainer_execution(store) -> metadata_store_pb2.Execution:
+  [execution] = [e for e in _executions_by_component(store)["CheckpointingTrainer"]
+                 if e.last_known_state == metadata_store_pb2.Execution.COMPLETE]
+  return execution
+
+
+def test_run_completes_every_component(e2e_home):
+  store = _store(e2e_home)
+  executions = _executions_by_component(store)
+  for component in COMPONENTS:
+    states = [e.last_known_state for e in executions.get(component, [])]
+    assert states == [metadata_store_pb2.Execution.COMPLETE], (component, states)
+
+
+def test_trainer_registers_each_checkpoint_as_its_output(e2e_home):
+  store = _store(e2e_home)
+  trainer = _trainer_execution(store)
+  checkpoints = store.get_artifacts_by_type("Checkpoint")
+  steps = sorted(a.properties["step"].int_value for a in checkpoints)
+  assert steps == list(range(E2E_EVERY, E2E_STEPS + 1, E2E_EVERY))
+  events = store.get_events_by_artifact_ids([a.id for a in checkpoints])
+  outputs = {e.artifact_id for e in events
+             if e.type == metadata_store_pb2.Event.OUTPUT and e.execution_id == trainer.id}
+  assert outputs == {a.id for a in checkpoints}
+  for artifact in checkpoints:
+    assert artifact.state == metadata_store_pb2.Artifact.LIVE
+    assert artifact.custom_properties["state"].string_value == "LIVE"
+    assert os.path.isfile(os.path.join(artifact.uri, "ckpt.index")), artifact.uri
+    assert artifact.properties["size_bytes"].int_value > 0
+    assert len(artifact.properties["checksum"].string_value) == 64
+    assert "loss" in json.loads(artifact.properties["metrics"].string_value)
+
+
+def test_trainer_consumes_examples_and_schema_and_outputs_model(e2e_home):
+  store = _store(e2e_home)
+  trainer = _trainer_execution(store)
+  events = store.get_events_by_execution_ids([trainer.id])
+  artifacts = {a.id: a for a in store.get_artifacts_by_id([e.artifact_id for e in events])}
+  type_names = {t.id: t.name for t in store.get_artifact_types()}
+  inputs = sorted(type_names[artifacts[e.artifact_id].type_id] for e in events
+                  if e.type == metadata_store_pb2.Event.INPUT)
+  outputs = sorted({type_names[artifacts[e.artifact_id].type_id] for e in events
+                    if e.type == metadata_store_pb2.Event.OUTPUT})
+  assert inputs == ["Examples", "Schema"]
+  assert outputs == ["Checkpoint", "Model", "ModelRun"]
+  [model] = [a for a in artifacts.values() if type_names[a.type_id] == "Model"]
+  final = max(store.get_artifacts_by_type("Checkpoint"), key=lambda a: a.properties["step"].int_value)
+  assert model.custom_properties["checkpoint_id"].int_value == final.id
+
+
+def test_blessed_model_is_pushed_as_a_numbered_version(e2e_home):
+  store = _store(e2e_home)
+  [blessing] = store.get_artifacts_by_type("ModelBlessing")
+  assert blessing.custom_properties["blessed"].int_value == 1
+  [pushed] = store.get_artifacts_by_type("PushedModel")
+  assert pushed.custom_properties["pushed"].int_value == 1
+  version = pushed.custom_properties["pushed_version"].string_value
+  assert version == "1"
+  served = e2e_home / "serving" / "penguin" / version
+  assert (served / "saved_model.pb").is_file()
+  assert pushed.custom_properties["pushed_destination"].string_value == str(served)
+  listing = sorted(p.name for p in (e2e_home / "serving" / "penguin").iterdir()
+                   if not p.name.startswith("."))
+  assert listing == ["1"]
+
+
+def test_models_config_loads_the_pushed_version_as_stable(e2e_home):
+  from google.protobuf import text_format
+  from tensorflow_serving.config import model_server_config_pb2
+  config = text_format.Parse((e2e_home / "serving" / "models.config").read_text(),
+                             model_server_config_pb2.ModelServerConfig())
+  [model] = config.model_config_list.config
+  assert model.name == "penguin"
+  assert model.base_path == str(e2e_home / "serving" / "penguin")
+  assert list(model.model_version_policy.specific.versions) == [1]
+  assert dict(model.version_labels) == {"stable": 1}
+
+
+def test_saved_model_cli_predicts_from_a_serialized_example(e2e_home):
+  served = e2e_home / "serving" / "penguin" / "1"
+  example = {"culmen_length_mm": [0.25], "culmen_depth_mm": [0.6],
+             "flipper_length_mm": [0.2], "body_mass_g": [0.25]}
+  cli = pathlib.Path(sys.executable).parent / "saved_model_cli"
+  result = subprocess.run(
+      [str(cli), "run", "--dir", str(served), "--tag_set", "serve",
+       "--signature_def", "serving_default",
+       "--input_examples", f"examples=[{json.dumps(example)}]"],
+      capture_output=True, text=True, env=os.environ | {"TF_USE_LEGACY_KERAS": "1"},
+      timeout=300)
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert "Result for output key outputs" in result.stdout
+  values = result.stdout.split("Result for output key outputs:", 1)[1]
+  probabilities = [float(v) for v in values.replace("[", " ").replace("]", " ").split()]
+  assert len(probabilities) == 3
+  assert abs(sum(probabilities) - 1.0) < 1e-4
+
+
+def test_run_prints_where_things_landed(e2e_home):
+  stdout = (e2e_home / "run1.stdout").read_text()
+  assert str(e2e_home / "serving" / "penguin" / "1") in stdout
+  assert str(e2e_home / "metadata.sqlite") in stdout
+  assert "checkpoints:     3 registered" in stdout
+
+
+def test_checkpoints_command_lists_them_as_json(e2e_home):
+  result = ckptflow("checkpoints", "--home", str(e2e_home), "--json")
+  listed = json.loads(result.stdout)["checkpoints"]
+  assert [c["step"] for c in listed] == [100, 200, 300]
+  assert all(c["state"] == "LIVE" and os.path.isdir(c["uri"]) for c in listed)
+
+
+def test_rerun_with_unchanged_inputs_does_not_retrain(e2e_home, penguins_dir):
+  store = _store(e2e_home)
+  before = len(store.get_artifacts_by_type("Checkpoint"))
+  ckptflow("run", "--home", str(e2e_home), "--data", str(penguins_dir),
+           "--train-steps", str(E2E_STEPS), "--checkpoint-every", str(E2E_EVERY),
+           "--model-name", "penguin")
+  store = _store(e2e_home)
+  trainer_states = [e.last_known_state
+                    for e in _executions_by_component(store)["CheckpointingTrainer"]]
+  assert trainer_states == [metadata_store_pb2.Execution.COMPLETE,
+                            metadata_store_pb2.Execution.CACHED]
+  assert len(store.get_artifacts_by_type("Checkpoint")) == before
