@@ -123,6 +123,34 @@ def cmd_checkpoints(args) -> int:
   return 0
 
 
+# --- doctor ------------------------------------------------------------------
+
+
+def cmd_doctor(args) -> int:
+  from ckptflow.pipeline import doctor
+  where = doctor.home_at(_home(args), args.serving_dir)
+  findings, busy = doctor.diagnose(_metadata_target(args), where, fix=args.repair,
+                                   verify_checksums=not args.no_checksums)
+  remaining = [f for f in findings if not f.repaired]
+  if args.json:
+    _print_json({"home": where.home, "serving_root": where.serving_root,
+                 "findings": [f.as_json() for f in findings],
+                 "remaining": len(remaining), "other_command_running": busy})
+  else:
+    for finding in findings:
+      print(finding.line())
+    if busy:
+      print("note: another ckptflow command is writing in this home; findings "
+            "may be its work in progress")
+    if not findings:
+      print("no findings: checkpoint files, served versions, models.config and "
+            "MLMD agree")
+    else:
+      print(f"{len(findings)} finding(s), {len(findings) - len(remaining)} repaired"
+            + ("" if args.repair or not remaining else "; run with --repair to fix them"))
+  return 1 if remaining else 0
+
+
 # --- parser ------------------------------------------------------------------
 
 
@@ -166,6 +194,23 @@ def build_parser() -> argparse.ArgumentParser:
   checkpoints.add_argument("--json", action="store_true", help="one JSON document on stdout")
   checkpoints.add_argument("--all", action="store_true", help="include pruned checkpoints")
   checkpoints.set_defaults(handler=cmd_checkpoints)
+
+  doctor = commands.add_parser(
+      "doctor", help="check that MLMD and the files of a home agree (and repair)",
+      description="Report disagreements between MLMD and the files of a home: "
+      "checkpoint directories without artifacts and the reverse, served versions "
+      "without records and the reverse, leftovers of killed writes, a stale "
+      "models.config. Exit 0 when clean, 1 when findings remain.")
+  _add_home(doctor)
+  doctor.add_argument("--serving-dir", default=None,
+                      help="the TF Serving root (default: HOME/serving)")
+  doctor.add_argument("--repair", action="store_true",
+                      help="fix what is found (refused while another ckptflow "
+                      "command writes in the home)")
+  doctor.add_argument("--no-checksums", action="store_true",
+                      help="do not re-hash LIVE checkpoints (only check they exist)")
+  doctor.add_argument("--json", action="store_true", help="one JSON document on stdout")
+  doctor.set_defaults(handler=cmd_doctor)
   return parser
 
 

@@ -1,0 +1,447 @@
+"""`ckptflow doctor`: do the metadata store and the files of a home agree?
+
+Four things must agree: the checkpoint directories under
+`HOME/pipeline_root/<node>/checkpoints/`, the `Checkpoint` artifacts in
+MLMD, the version directories under the serving root, and the `PushedModel`
+records and labels in MLMD, from which `models.config` is derived. A crash
+between two steps of a write (files first, then the record) can leave them
+apart; `check` lists every disagreement as a `Finding`, and `repair` resolves
+each one in the direction that loses nothing that was ever recorded:
+
+================== ===================================== =====================
+kind               what                                  repair
+================== ===================================== =====================
+checkpoint-staging a `.staging` checkpoint write that     delete it
+                   never finished
+checkpoint-orphan  a `step-N` checkpoint directory no     delete it (nothing
+                   Checkpoint artifact names              can find or trust it)
+checkpoint-pruned  files of a checkpoint recorded as      delete them
+                   DELETED (pruning died midway)
+checkpoint-missing a LIVE Checkpoint whose directory is   mark it DELETED,
+                   gone                                   with the reason
+checkpoint-corrupt a LIVE Checkpoint whose files do not   mark it ABANDONED,
+                   match its recorded sha256              keep the files
+push-staging       a push's staging directory whose      delete it
+                   push is dead
+version-unrecorded a served version directory without a  unlist it from
+                   PushedModel record (killed between     models.config, then
+                   the push and its record)               delete it; its number
+                                                          is never reused
+version-missing    a PushedModel record whose version     mark the record
+                   directory is gone                      DELETED (the number
+                                                          stays reserved)
+models-config      models.config does not say what MLMD   rewrite it from MLMD
+                   says should be served, or a temp file  (`sync_models_config`)
+                   of a killed writer is left beside it
+================== ===================================== =====================
+
+An unrecorded version directory is removed rather than recorded because
+nothing in MLMD says which Model it holds: recording it would invent
+lineage. TF Serving never loaded it unless a killed Pusher had already
+listed it, and the repair unlists it before deleting it.
+
+Scope: artifacts whose files are under HOME (checkpoints) or under the
+serving root (served versions); a store shared by several homes is checked
+one home at a time, and a home must be used with one store only.
+
+Repairs that delete files need the home's exclusive lock (`home_lock`): they
+are refused while another ckptflow command is writing in the home, so a
+live command's half-finished work is never taken for debris.
+
+Imports neither TensorFlow nor TFX.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import logging
+import os
+import re
+import shutil
+from typing import Iterable, Sequence
+
+from ml_metadata import metadata_store
+from ml_metadata.proto import metadata_store_pb2
+
+from ckptflow.components import checkpoint as ckpt_records
+from ckptflow.components import promotion
+from ckptflow.components.pusher import serving
+from ckptflow.pipeline import home_lock, metadata
+from ckptflow.pipeline.errors import CkptflowError, ServingError
+
+_log = logging.getLogger(__name__)
+
+# The Trainer's layout (components/trainer/checkpoint_files.py and
+# executor.py); restated here so that doctor does not import TensorFlow.
+CHECKPOINTS_DIR = "checkpoints"
+CHECKPOINT_DIR_RE = re.compile(r"step-\d+")
+CHECKPOINT_STAGING_SUFFIX = ".staging"
+
+_UNPUBLISH_PREFIX = ".unrecorded-"
+
+KINDS = ("checkpoint-staging", "checkpoint-orphan", "checkpoint-pruned",
+         "checkpoint-missing", "checkpoint-corrupt", "push-staging",
+         "version-unrecorded", "version-missing", "models-config")
+
+
+@dataclasses.dataclass
+class Finding:
+  """One disagreement between the store and the files.
+
+  `subject` is the path (or artifact) concerned, `detail` one line saying
+  what is wrong, `repair` what `repair` does about it; `repaired` is set
+  once it has.
+  """
+
+  kind: str
+  subject: str
+  detail: str
+  repair: str
+  artifact_id: int | None = None
+  repaired: bool = False
+
+  def as_json(self) -> dict:
+    return dataclasses.asdict(self)
+
+  def line(self) -> str:
+    done = f"  [repaired: {self.repair}]" if self.repaired else ""
+    return f"{self.kind:<19} {self.subject}: {self.detail}{done}"
+
+
+@dataclasses.dataclass(frozen=True)
+class Home:
+  """Where doctor looks: the home, its pipeline root and serving root."""
+
+  home: str
+  serving_root: str
+
+  @property
+  def pipeline_root(self) -> str:
+    return os.path.join(self.home, "pipeline_root")
+
+  def checkpoint_roots(self) -> list[str]:
+    """`pipeline_root/<node>/checkpoints` of every node that has one."""
+    try:
+      nodes = sorted(os.scandir(self.pipeline_root), key=lambda e: e.name)
+    except FileNotFoundError:
+      return []
+    return [path for e in nodes
+            if e.is_dir() and os.path.isdir(path := os.path.join(e.path, CHECKPOINTS_DIR))]
+
+
+def home_at(home: str, serving_root: str | None = None) -> Home:
+  home = os.path.abspath(home)
+  return Home(home=home, serving_root=os.path.abspath(
+      serving_root or os.path.join(home, "serving")))
+
+
+def checkpoint_digest(directory: str) -> tuple[int, str]:
+  """(size in bytes, sha256 over file names and contents) of a checkpoint
+  directory, exactly as the Trainer computes it when it registers one
+  (`checkpoint_files.digest`; a test keeps the two equal)."""
+  sha = hashlib.sha256()
+  size = 0
+  for name in sorted(os.listdir(directory)):
+    path = os.path.join(directory, name)
+    if not os.path.isfile(path):
+      continue
+    sha.update(name.encode() + b"\0")
+    with open(path, "rb") as f:
+      while chunk := f.read(1 << 20):
+        sha.update(chunk)
+        size += len(chunk)
+  return size, sha.hexdigest()
+
+
+def _under(path: str, root: str) -> bool:
+  path, root = os.path.abspath(path), os.path.abspath(root)
+  return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
+
+
+# --- checks ------------------------------------------------------------------
+
+
+def _checkpoint_dirs(roots: Iterable[str]) -> tuple[list[str], list[str]]:
+  """(step-N directories, .staging directories) under the checkpoint roots."""
+  finals, staging = [], []
+  for root in roots:
+    for dirpath, dirnames, _ in os.walk(root):
+      for name in sorted(dirnames):
+        path = os.path.join(dirpath, name)
+        if name.endswith(CHECKPOINT_STAGING_SUFFIX):
+          staging.append(path)
+        elif CHECKPOINT_DIR_RE.fullmatch(name):
+          finals.append(path)
+      # A checkpoint directory holds files only: do not descend into one.
+      dirnames[:] = [n for n in dirnames if not n.endswith(CHECKPOINT_STAGING_SUFFIX)
+                     and not CHECKPOINT_DIR_RE.fullmatch(n)]
+  return sorted(finals), sorted(staging)
+
+
+def _check_checkpoints(store, where: Home, verify_checksums: bool) -> list[Finding]:
+  findings = []
+  records = [r for r in ckpt_records.list_checkpoints(store) if _under(r.uri, where.home)]
+  by_uri: dict[str, list[ckpt_records.CheckpointRecord]] = {}
+  for record in records:
+    by_uri.setdefault(os.path.abspath(record.uri), []).append(record)
+  finals, staging = _checkpoint_dirs(where.checkpoint_roots())
+  for path in staging:
+    findings.append(Finding(
+        "checkpoint-staging", path, "unfinished checkpoint write (its writer died)",
+        "deleted"))
+  for path in finals:
+    owners = by_uri.get(path, [])
+    if not owners:
+      findings.append(Finding(
+          "checkpoint-orphan", path, "checkpoint directory has no Checkpoint "
+          "artifact (its writer died before registering it)", "deleted"))
+    elif all(r.state == "DELETED" for r in owners):
+      findings.append(Finding(
+          "checkpoint-pruned", path, f"files of pruned checkpoint {owners[-1].id} "
+          "are still on disk", "deleted", artifact_id=owners[-1].id))
+  for record in records:
+    if not record.live:
+      continue
+    if not os.path.isdir(record.uri):
+      findings.append(Finding(
+          "checkpoint-missing", f"checkpoint {record.id}",
+          f"LIVE, but its directory {record.uri!r} is gone",
+          "marked DELETED", artifact_id=record.id))
+    elif verify_checksums:
+      _, actual = checkpoint_digest(record.uri)
+      if actual != record.checksum:
+        findings.append(Finding(
+            "checkpoint-corrupt", f"checkpoint {record.id}",
+            f"files in {record.uri!r} do not match the recorded sha256 "
+            f"(recorded {record.checksum[:12]}, found {actual[:12]})",
+            "marked ABANDONED", artifact_id=record.id))
+  return findings
+
+
+def _model_names(serving_root: str) -> list[str]:
+  try:
+    entries = sorted(os.scandir(serving_root), key=lambda e: e.name)
+  except FileNotFoundError:
+    return []
+  names = []
+  for entry in entries:
+    if not entry.is_dir() or entry.name.startswith("."):
+      continue
+    try:
+      names.append(serving.validate_model_name(entry.name))
+    except ServingError:
+      continue
+  return names
+
+
+def _pushed_states(store, artifact_ids: Sequence[int]) -> dict[int, int]:
+  if not artifact_ids:
+    return {}
+  artifacts = metadata.query(lambda: store.get_artifacts_by_id(list(artifact_ids)),
+                             what="reading served versions")
+  return {a.id: a.state for a in artifacts}
+
+
+def _check_serving(store, where: Home) -> list[Finding]:
+  findings = []
+  root = where.serving_root
+  records = [r for r in promotion.all_served_versions(store)
+             if _under(r.path, root)]
+  states = _pushed_states(store, [r.artifact_id for r in records])
+  recorded = {(r.model_name, r.version) for r in records}
+  for record in records:
+    if states.get(record.artifact_id) == metadata_store_pb2.Artifact.DELETED:
+      continue
+    if not os.path.isdir(record.path):
+      findings.append(Finding(
+          "version-missing", record.path,
+          f"version {record.version} of {record.model_name!r} is recorded "
+          f"(PushedModel {record.artifact_id}) but its directory is gone",
+          "record marked DELETED", artifact_id=record.artifact_id))
+  for model_name in _model_names(root):
+    for version in serving.list_versions(root, model_name):
+      if (model_name, version) not in recorded:
+        findings.append(Finding(
+            "version-unrecorded", serving.version_path(root, model_name, version),
+            f"version {version} of {model_name!r} has no PushedModel record "
+            "(its push died before recording it)",
+            "unlisted from models.config and deleted"))
+    for path in serving.stale_staging_dirs(root, model_name):
+      findings.append(Finding("push-staging", path,
+                              "staging directory of a push that died", "deleted"))
+  findings.extend(_check_models_config(store, root))
+  return findings
+
+
+def _check_models_config(store, root: str) -> list[Finding]:
+  findings = []
+  config_path = serving.models_config_path(root)
+  with contextlib.suppress(FileNotFoundError):
+    for entry in sorted(os.scandir(root), key=lambda e: e.name):
+      if entry.name.startswith(".models.config.tmp-"):
+        findings.append(Finding(
+            "models-config", entry.path,
+            "temp file of a models.config writer that died", "deleted"))
+  expected = promotion.serving_states(store, root)
+  try:
+    actual = serving.read_models_config(root)
+  except ServingError as e:
+    findings.append(Finding("models-config", config_path, str(e),
+                            "rewritten from MLMD"))
+    return findings
+  if actual != expected:
+    findings.append(Finding(
+        "models-config", config_path,
+        f"says {_describe_states(actual)}; MLMD says {_describe_states(expected)}",
+        "rewritten from MLMD"))
+  return findings
+
+
+def _describe_states(states) -> str:
+  if not states:
+    return "nothing is served"
+  return "; ".join(
+      f"{name} versions {list(s.versions)} labels {dict(s.labels)}"
+      for name, s in sorted(states.items()))
+
+
+def check(store: metadata_store.MetadataStore, where: Home, *,
+          verify_checksums: bool = True) -> list[Finding]:
+  """Every disagreement between `store` and the files of `where`.
+
+  Read-only. `verify_checksums` re-hashes every LIVE checkpoint under the
+  home (reads all their bytes); without it a checkpoint is only checked to
+  exist.
+  """
+  return (_check_checkpoints(store, where, verify_checksums)
+          + _check_serving(store, where))
+
+
+# --- repairs -----------------------------------------------------------------
+
+
+def _remove_tree(path: str) -> None:
+  shutil.rmtree(path, ignore_errors=True)
+  if os.path.lexists(path):
+    raise CkptflowError(f"cannot delete {path!r}")
+
+
+def _unpublish_version(path: str) -> None:
+  # Rename to a non-numeric name first: TF Serving (and our version
+  # listing) stop seeing the version in one step, whatever happens next.
+  hidden = os.path.join(os.path.dirname(path),
+                        f"{_UNPUBLISH_PREFIX}{os.path.basename(path)}-{os.getpid()}")
+  os.rename(path, hidden)
+  _remove_tree(hidden)
+
+
+def _mark_deleted(store, artifact_id: int, reason: str) -> None:
+  [artifact] = metadata.retry(lambda: store.get_artifacts_by_id([artifact_id]),
+                              what="reading a served version")
+  artifact.state = metadata_store_pb2.Artifact.DELETED
+  artifact.custom_properties["state_reason"].string_value = reason
+  metadata.retry(lambda: store.put_artifacts([artifact]),
+                 what="marking a served version DELETED")
+
+
+def _apply(store, where: Home, finding: Finding) -> None:
+  kind = finding.kind
+  if kind in ("checkpoint-staging", "checkpoint-orphan", "checkpoint-pruned",
+              "push-staging"):
+    _remove_tree(finding.subject)
+  elif kind == "checkpoint-missing":
+    ckpt_records.set_states(store, [finding.artifact_id],
+                            metadata_store_pb2.Artifact.DELETED,
+                            reason="doctor: checkpoint directory missing")
+  elif kind == "checkpoint-corrupt":
+    ckpt_records.set_states(store, [finding.artifact_id],
+                            metadata_store_pb2.Artifact.ABANDONED,
+                            reason="doctor: files do not match the recorded sha256")
+  elif kind == "version-missing":
+    _mark_deleted(store, finding.artifact_id, "doctor: version directory missing")
+  elif kind == "models-config":
+    if os.path.basename(finding.subject).startswith(".models.config.tmp-"):
+      with contextlib.suppress(FileNotFoundError):
+        os.unlink(finding.subject)
+    else:
+      promotion.sync_models_config(store, where.serving_root)
+  elif kind == "version-unrecorded":
+    _unpublish_version(finding.subject)
+  else:
+    raise AssertionError(f"unknown finding kind {kind!r}")
+
+
+# Repairs run in this order: MLMD state first, then models.config from MLMD
+# (which never lists an unrecorded version), and only then the deletion of
+# unrecorded version directories, so that models.config never names a
+# version directory that is gone.
+_REPAIR_ORDER = ("checkpoint-missing", "checkpoint-corrupt", "version-missing",
+                 "checkpoint-staging", "checkpoint-orphan", "checkpoint-pruned",
+                 "push-staging", "models-config", "version-unrecorded")
+
+
+def repair(store: metadata_store.MetadataStore, where: Home,
+           findings: Sequence[Finding]) -> list[Finding]:
+  """Resolves `findings` (see the module docstring); marks each repaired.
+
+  The caller must hold the home's exclusive lock (`home_lock`).
+
+  Raises:
+    CkptflowError: a file cannot be deleted or MLMD cannot be written; the
+      findings already repaired stay marked.
+  """
+  for kind in _REPAIR_ORDER:
+    for finding in findings:
+      if finding.kind != kind:
+        continue
+      _apply(store, where, finding)
+      finding.repaired = True
+      _log.info("repaired %s %s: %s", finding.kind, finding.subject, finding.repair)
+  return list(findings)
+
+
+def diagnose(target: str, where: Home, *, fix: bool = False,
+             verify_checksums: bool = True) -> tuple[list[Finding], bool]:
+  """Checks (and with `fix`, repairs) the home `where` against the store at
+  `target`. Returns (findings, whether another command holds the home).
+
+  Raises:
+    MetadataError: the store does not exist or cannot be opened.
+    CkptflowError: `fix` is set and another ckptflow command is writing in
+      the home.
+  """
+  store = metadata.open_store(target, create=False)
+  if not fix:
+    with home_lock.exclusive_if_idle(where.home, create=False) as idle:
+      return check(store, where, verify_checksums=verify_checksums), not idle
+  if not os.path.isdir(where.home):
+    raise CkptflowError(f"home {where.home!r} does not exist")
+  with home_lock.exclusive_if_idle(where.home) as idle:
+    if not idle:
+      raise CkptflowError(
+          f"another ckptflow command is writing in {where.home!r}; --repair needs "
+          "the home to itself. Run it again when that command has finished")
+    findings = check(store, where, verify_checksums=verify_checksums)
+    return repair(store, where, findings), False
+
+
+def recover(target: str, where: Home) -> list[Finding]:
+  """The recovery a writing command makes before it starts: repairs what
+  killed commands left (every finding but checksum mismatches, which would
+  cost a read of every checkpoint), if no other command is writing in the
+  home; otherwise does nothing. Returns what it repaired."""
+  if not os.path.isdir(where.home):
+    return []
+  with home_lock.exclusive_if_idle(where.home) as idle:
+    if not idle:
+      _log.info("another ckptflow command is writing in %s; skipping recovery",
+                where.home)
+      return []
+    store = metadata.open_store(target)
+    findings = repair(store, where, check(store, where, verify_checksums=False))
+  for finding in findings:
+    _log.warning("recovered from an earlier crash: %s %s (%s)", finding.kind,
+                 finding.subject, finding.repair)
+  return findings
