@@ -42,6 +42,7 @@ from ml_metadata.proto import metadata_store_pb2
 from ckptflow.components.pusher import serving
 from ckptflow.components.pusher.serving import ServedVersion
 from ckptflow.pipeline.errors import MetadataError, ServingError
+from ckptflow.pipeline.faults import fault_point
 from ckptflow.pipeline.metadata import retry
 
 PUSHED_MODEL_TYPE_NAME = "PushedModel"
@@ -630,6 +631,7 @@ def promote(store: metadata_store.MetadataStore, *, saved_model_dir: str,
   reserved = [r.version for r in served_versions(store, model_name)]
   served = serving.push_saved_model(saved_model_dir, serving_root, model_name,
                                     reserved_versions=reserved)
+  fault_point("push-record")  # published, not yet recorded
   record_push(store, model_artifact_id=model_artifact_id, served=served,
               label=label, forced=forced,
               blessing_artifact_id=blessing_artifact_id, serving_root=serving_root)

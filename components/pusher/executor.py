@@ -25,6 +25,7 @@ from ckptflow.components import promotion
 from ckptflow.components.pusher import serving
 from ckptflow.pipeline import metadata
 from ckptflow.pipeline.errors import ServingError
+from ckptflow.pipeline.faults import fault_point
 
 
 class Executor(tfx_pusher_executor.Executor):
@@ -64,6 +65,7 @@ class Executor(tfx_pusher_executor.Executor):
     # This PushedModel reaches MLMD only when TFX publishes the execution,
     # after Do returns; so models.config gets the new version from here.
     promotion.sync_models_config(store, serving_root, pending=served, pending_label=label)
+    fault_point("push-record")  # published and configured, not yet in MLMD
 
   @staticmethod
   def _custom_config(exec_properties: Dict[str, Any]) -> Dict[str, Any]:
