@@ -19,6 +19,8 @@ from __future__ import annotations
 import logging
 import os
 import random
+import re
+import socket
 import time
 import urllib.parse
 from typing import Callable, TypeVar
@@ -128,10 +130,35 @@ def open_store(target: str, *, create: bool = True) -> metadata_store.MetadataSt
   try:
     return retry(lambda: metadata_store.MetadataStore(config),
                  what="opening the metadata store")
-  except mlmd_errors.StatusError as e:
-    first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+  except (mlmd_errors.StatusError, RuntimeError) as e:
+    # MLMD raises RuntimeError, not a StatusError, for a SQLite file that is
+    # not a database; its text then goes on with the failed query.
+    text = str(e).strip()
+    first_line = re.sub(r"\s+query:\s+[A-Z]+\s.*$", "",
+                        text.splitlines()[0]) if text else type(e).__name__
+    if isinstance(config, metadata_store_pb2.ConnectionConfig) and config.HasField("mysql"):
+      first_line = _why_mysql_failed(config.mysql, first_line)
     raise MetadataError(
         f"cannot open metadata store {describe(target)!r}: {first_line}") from e
+
+
+def _why_mysql_failed(mysql: metadata_store_pb2.MySQLDatabaseConfig, error: str) -> str:
+  """MLMD reports every failed MySQL connection as "mysql_real_connect
+  failed" with an empty reason; tell a server that cannot be reached from
+  one that refuses the login."""
+  if "mysql_real_connect" not in error:
+    return error
+  try:
+    with socket.create_connection((mysql.host, mysql.port), timeout=5):
+      pass
+  except OSError as e:
+    reason = e.strerror or type(e).__name__
+    return (f"no MySQL server reachable at {mysql.host}:{mysql.port} ({reason}). "
+            "Expected a running MySQL/MariaDB server")
+  how = "does not exist" if mysql.skip_db_creation else "cannot be created"
+  return (f"the server at {mysql.host}:{mysql.port} refused user {mysql.user!r}: "
+          f"wrong password, no access to database {mysql.database!r}, or it "
+          f"{how}")
 
 
 def _is_retryable(error: BaseException) -> bool:

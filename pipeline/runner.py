@@ -10,11 +10,17 @@ import contextlib
 import dataclasses
 import logging
 import os
+import shutil
 from typing import Iterator
 
-from ckptflow.pipeline import metadata
+from ckptflow.pipeline import data_validation, home_lock, metadata
 from ckptflow.pipeline.config import PipelineConfig
-from ckptflow.pipeline.errors import CkptflowError
+from ckptflow.pipeline.errors import CheckpointError, CkptflowError, ConfigError
+
+MIN_FREE_ENV = "CKPTFLOW_MIN_FREE_MB"
+DEFAULT_MIN_FREE_MB = 64
+DEFAULT_MODULE = "ckptflow.pipeline.model"
+DEFAULT_NUM_CLASSES = 3  # pipeline/model.py's default num_classes
 
 _log = logging.getLogger(__name__)
 
@@ -36,7 +42,9 @@ class RunSummary:
             f"metadata store:  {metadata.describe(self.metadata)}",
             f"checkpoints:     {self.checkpoints} registered, under "
             f"{self.pipeline_root}/CheckpointingTrainer/checkpoints",
-            f"list them with:  ckptflow checkpoints --home {self.home}"]
+            f"list them with:  ckptflow checkpoints --home {self.home}" + (
+                "" if metadata.sqlite_path(self.metadata) is not None
+                else f" --metadata '{metadata.describe(self.metadata)}'")]
 
 
 @contextlib.contextmanager
@@ -53,8 +61,62 @@ def metadata_env(target: str) -> Iterator[None]:
       os.environ[metadata.METADATA_ENV] = previous
 
 
+def _nearest_existing_dir(path: str) -> str:
+  probe = os.path.abspath(path)
+  while not os.path.isdir(probe):
+    parent = os.path.dirname(probe)
+    if parent == probe:
+      break
+    probe = parent
+  return probe
+
+
+def min_free_bytes() -> int:
+  """The free space a run needs before it starts: CKPTFLOW_MIN_FREE_MB
+  (default 64) MiB on the file systems of the home and the serving root."""
+  raw = os.environ.get(MIN_FREE_ENV, "").strip()
+  if not raw:
+    return DEFAULT_MIN_FREE_MB << 20
+  if not raw.isdigit():
+    raise ConfigError(f"{MIN_FREE_ENV} is {raw!r}. Expected a whole number of MiB")
+  return int(raw) << 20
+
+
+def check_free_space(config: PipelineConfig) -> None:
+  """Fails before anything is written if the home or the serving root is
+  on a (nearly) full file system: a run that fills the disk halfway leaves
+  failed executions behind, one that never starts leaves nothing."""
+  needed = min_free_bytes()
+  for path in (config.home, config.serving_dir):
+    existing = _nearest_existing_dir(path)
+    free = shutil.disk_usage(existing).free
+    if free < needed:
+      raise CkptflowError(
+          f"not enough free space for {path!r}: {free >> 20} MiB free on the file "
+          f"system of {existing!r}. Expected at least {needed >> 20} MiB "
+          f"(set {MIN_FREE_ENV} to change)")
+
+
+def check_directories(config: PipelineConfig) -> None:
+  """Fails, writing nothing, unless the home layout can be created."""
+  for path in (config.home, config.pipeline_root, config.serving_dir):
+    existing = _nearest_existing_dir(path)
+    if existing != os.path.abspath(path):
+      blocking = os.path.join(existing, os.path.relpath(path, existing).split(os.sep)[0])
+      if os.path.lexists(blocking):
+        raise CkptflowError(f"cannot create directory {path!r}: {blocking!r} is a "
+                            "file. Expected a directory path")
+    if not os.access(existing, os.W_OK | os.X_OK):
+      raise CkptflowError(f"directory {existing!r} is not writable; cannot create "
+                          f"or write {path!r}")
+
+
 def prepare_home(config: PipelineConfig) -> None:
-  """Creates the home layout, failing with a one-line error if it cannot."""
+  """Creates the home layout, failing with a one-line error if it cannot.
+
+  Checks that every directory can be created before creating any.
+  """
+  check_directories(config)
   for path in (config.home, config.pipeline_root, config.serving_dir):
     try:
       os.makedirs(path, exist_ok=True)
@@ -64,16 +126,94 @@ def prepare_home(config: PipelineConfig) -> None:
       raise CkptflowError(f"directory {path!r} is not writable")
 
 
+def _num_classes(config: PipelineConfig) -> int | None:
+  """The class count labels must stay below, where the config says it (the
+  example model's default is 3)."""
+  value = config.training.hyperparameters.get("num_classes")
+  if value is None and config.training.module == DEFAULT_MODULE:
+    value = DEFAULT_NUM_CLASSES
+  return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def check_warm_start(config: PipelineConfig) -> None:
+  """Checks `training.warm_start` against the store before anything runs: an
+  id must name a LIVE Checkpoint whose files match their recorded sha256;
+  'latest' and 'best' need some LIVE checkpoint. Opens nothing that does not
+  exist (a new home has no checkpoints)."""
+  choice = config.training.warm_start
+  if choice == "none":
+    return
+  target = config.metadata_target
+  path = metadata.sqlite_path(target)
+  from ckptflow.components import checkpoint as ckpt_records
+  records = []
+  if path is None or os.path.isfile(path):
+    store = metadata.open_store(target, create=False)
+    records = ckpt_records.list_checkpoints(store)
+  if not choice.isdigit():
+    if not any(r.live for r in records):
+      raise CheckpointError(f"warm_start={choice!r}: the metadata store "
+                            f"{metadata.describe(target)!r} holds no live checkpoint "
+                            "to start from. Expected an earlier run's checkpoint")
+    return
+  matches = [r for r in records if r.id == int(choice)]
+  if not matches:
+    raise CheckpointError(f"warm_start: no Checkpoint artifact with id {choice} in "
+                          f"{metadata.describe(target)!r}. Expected an id from "
+                          "`ckptflow checkpoints`")
+  [record] = matches
+  if not record.live:
+    raise CheckpointError(f"warm_start: checkpoint {choice} is {record.state} (its "
+                          "files are gone or damaged). Expected a LIVE checkpoint")
+  if not os.path.isdir(record.uri):
+    raise CheckpointError(f"warm_start: checkpoint {choice}'s directory "
+                          f"{record.uri!r} is missing")
+  from ckptflow.pipeline.doctor import checkpoint_digest
+  if checkpoint_digest(record.uri)[1] != record.checksum:
+    raise CheckpointError(f"warm_start: checkpoint {choice} at {record.uri!r} is "
+                          "corrupted: its files do not match the recorded sha256")
+
+
+def preflight(config: PipelineConfig) -> tuple[str, ...]:
+  """Everything that can be checked before anything is written: the data
+  (every row), a metadata server's reachability, the warm-start checkpoint,
+  free space and writable directories. Returns the feature columns.
+
+  Raises:
+    CkptflowError: naming what is wrong; nothing has been written.
+  """
+  summary = data_validation.check_csv(config.data, num_classes=_num_classes(config))
+  _log.info("data: %d rows in %d file(s) checked", summary.rows, summary.files)
+  if metadata.sqlite_path(config.metadata_target) is None:
+    metadata.open_store(config.metadata_target)  # reachable, and a real MLMD store
+  else:
+    path = metadata.sqlite_path(config.metadata_target)
+    if os.path.exists(path):
+      metadata.open_store(config.metadata_target, create=False)  # not corrupted
+  check_warm_start(config)
+  check_directories(config)
+  check_free_space(config)
+  return summary.feature_keys
+
+
 def run(config: PipelineConfig) -> RunSummary:
-  """Validates `config` against its data, then runs the whole pipeline."""
-  # Everything that can be checked is checked before any component runs.
-  feature_keys = config.data.resolved_features()
+  """Validates `config` against its data, then runs the whole pipeline.
+
+  Before the pipeline starts, and if no other ckptflow command is writing
+  in the home, repairs what killed commands left behind (`doctor.recover`).
+  While it runs it holds the home's shared lock, so that no repair mistakes
+  its unfinished writes for debris.
+  """
+  # Everything that can be checked is checked before anything is written.
+  feature_keys = preflight(config)
   prepare_home(config)
   metadata.open_store(config.metadata_target)  # reachable, and a real MLMD store
+  from ckptflow.pipeline import doctor
+  doctor.recover(config.metadata_target, doctor.home_at(config.home, config.serving_dir))
 
   from ckptflow.pipeline.pipeline import create_pipeline
   pipeline = create_pipeline(config, feature_keys=feature_keys)
-  with metadata_env(config.metadata_target):
+  with home_lock.shared(config.home), metadata_env(config.metadata_target):
     if config.run.orchestrator == "beam":
       from tfx.orchestration.beam.beam_dag_runner import BeamDagRunner
       BeamDagRunner().run(pipeline)

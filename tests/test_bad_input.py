@@ -1,0 +1,366 @@
+"""Bad input ends with one line naming the problem, exit status 2, and
+nothing written: no new file or directory, no changed byte, no new MLMD
+artifact, execution, event or context.
+
+Every case runs the real `ckptflow` CLI in a subprocess, against a home that
+already holds a store with checkpoints and a served version (so that "no
+new record" means something).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import pathlib
+import shutil
+import subprocess
+import uuid
+
+import pytest
+from ml_metadata.proto import metadata_store_pb2
+
+from ckptflow.components import checkpoint as ckpt_records
+from reliability_support import (MYSQL_HOST, MYSQL_PORT, ToyHome, mlmd_counts,
+                                 mysql_admin, mysql_database, mysql_target)  # noqa: F401
+from support import ckptflow
+
+HEADER = "species,culmen_length_mm,culmen_depth_mm,flipper_length_mm,body_mass_g"
+GOOD_ROWS = ["0,0.25,0.66,0.15,0.29", "1,0.5,0.2,0.6,0.7", "2,0.9,0.4,0.8,0.9"]
+
+
+def snapshot(*roots: pathlib.Path) -> dict[str, str]:
+  """path -> sha256 (files) or "dir", under every root (lock file and
+  SQLite journals left out)."""
+  listing = {}
+  for root in roots:
+    if not root.exists():
+      continue
+    for path in sorted(root.rglob("*")):
+      if path.name == ".ckptflow.lock" or path.name.endswith("-journal"):
+        continue
+      listing[str(path)] = ("dir" if path.is_dir() and not path.is_symlink()
+                            else hashlib.sha256(path.read_bytes()).hexdigest())
+  return listing
+
+
+def write_csv(directory: pathlib.Path, lines, name="data.csv", mode="w") -> pathlib.Path:
+  directory.mkdir(parents=True, exist_ok=True)
+  path = directory / name
+  if isinstance(lines, bytes):
+    path.write_bytes(lines)
+  else:
+    path.write_text("".join(line + "\n" for line in lines))
+  return directory
+
+
+@contextlib.contextmanager
+def tmpfs(path: pathlib.Path, *, size: str, read_only: bool = False):
+  """A real tmpfs mounted at `path` (needs root); skips the test if this
+  machine does not allow mounting."""
+  path.mkdir(parents=True, exist_ok=True)
+  options = f"size={size}" + (",ro" if read_only else "")
+  result = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)],
+                          capture_output=True, text=True)
+  if result.returncode != 0:
+    pytest.skip(f"cannot mount a tmpfs here: {result.stderr.strip()}")
+  try:
+    yield path
+  finally:
+    subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+class Case:
+  def __init__(self, case_id, fragment, build, *, command="run", marks=()):
+    self.id = case_id
+    self.fragment = fragment  # what the one-line error must contain
+    self.build = build  # (tmp_path, toy) -> (args, extra roots to snapshot, env)
+    self.command = command
+    self.marks = marks
+
+
+def run_with_data(lines_or_files, *extra):
+  """A `ckptflow run` case on a data directory holding `lines_or_files`
+  (a list of lines for data.csv, or {name: lines})."""
+  def build(tmp_path, toy):
+    data = tmp_path / "data"
+    data.mkdir()
+    files = lines_or_files if isinstance(lines_or_files, dict) else {"data.csv": lines_or_files}
+    for name, lines in files.items():
+      write_csv(data, lines, name=name)
+    return ["run", "--home", str(toy.home), "--data", str(data), *extra], [data], {}
+  return build
+
+
+def run_with_flags(*flags, data_lines=None):
+  def build(tmp_path, toy):
+    data = write_csv(tmp_path / "data", data_lines or [HEADER, *GOOD_ROWS])
+    return ["run", "--home", str(toy.home), "--data", str(data), *flags], [data], {}
+  return build
+
+
+def run_with_config(text):
+  def build(tmp_path, toy):
+    data = write_csv(tmp_path / "data", [HEADER, *GOOD_ROWS])
+    config = tmp_path / "config.toml"
+    config.write_text(text)
+    return (["run", "--home", str(toy.home), "--data", str(data), "--config", str(config)],
+            [data, config], {})
+  return build
+
+
+def checkpoint_id(toy, index=0) -> int:
+  return ckpt_records.list_checkpoints(toy.store)[index].id
+
+
+def warm_start_pruned(tmp_path, toy):
+  record = ckpt_records.list_checkpoints(toy.store)[0]
+  ckpt_records.set_states(toy.store, [record.id], metadata_store_pb2.Artifact.DELETED)
+  shutil.rmtree(record.uri)
+  return run_with_flags("--warm-start", str(record.id))(tmp_path, toy)
+
+
+def warm_start_corrupted(tmp_path, toy):
+  record = ckpt_records.list_checkpoints(toy.store)[0]
+  with open(os.path.join(record.uri, "ckpt.data-00000-of-00001"), "r+b") as f:
+    f.write(b"\xff\xfe")
+  return run_with_flags("--warm-start", str(record.id))(tmp_path, toy)
+
+
+def warm_start_latest_on_new_home(tmp_path, toy):
+  data = write_csv(tmp_path / "data", [HEADER, *GOOD_ROWS])
+  home = tmp_path / "fresh"
+  return ["run", "--home", str(home), "--data", str(data), "--warm-start", "latest"], \
+      [data, home], {}
+
+
+def home_under_a_file(tmp_path, toy):
+  data = write_csv(tmp_path / "data", [HEADER, *GOOD_ROWS])
+  blocker = tmp_path / "not-a-dir"
+  blocker.write_text("a file")
+  return ["run", "--home", str(blocker / "home"), "--data", str(data)], [data, blocker], {}
+
+
+def corrupted_sqlite(tmp_path, toy):
+  home = tmp_path / "corrupt"
+  home.mkdir()
+  (home / "metadata.sqlite").write_bytes(b"this is not a database" * 100)
+  data = write_csv(tmp_path / "data", [HEADER, *GOOD_ROWS])
+  return ["run", "--home", str(home), "--data", str(data)], [home, data], {}
+
+
+def corrupted_sqlite_listing(tmp_path, toy):
+  args, roots, env = corrupted_sqlite(tmp_path, toy)
+  return ["checkpoints", "--home", args[2]], roots, env
+
+
+def unreachable_mysql(tmp_path, toy):
+  data = write_csv(tmp_path / "data", [HEADER, *GOOD_ROWS])
+  home = tmp_path / "mysql-home"
+  # Port 9 (discard) on localhost: nothing listens, the connection is refused.
+  return ["run", "--home", str(home), "--data", str(data), "--metadata",
+          f"mysql://root@{MYSQL_HOST}:9/ckptflow_unreachable"], [home, data], {}
+
+
+def unknown_metadata_scheme(tmp_path, toy):
+  return ["checkpoints", "--home", str(toy.home), "--metadata", "postgres://x/y"], [], {}
+
+
+def missing_store(tmp_path, toy):
+  return ["checkpoints", "--home", str(tmp_path / "nowhere")], [tmp_path / "nowhere"], {}
+
+
+CASES = [
+    # --- data ---------------------------------------------------------------
+    Case("csv-unterminated-quote", "is not valid CSV",
+         run_with_data([HEADER, GOOD_ROWS[0], '1,"0.5,0.2,0.6,0.7'])),
+    Case("csv-row-with-extra-field", "line 3 has 6 fields. Expected 5",
+         run_with_data([HEADER, GOOD_ROWS[0], "1,0.5,0.2,0.6,0.7,9"])),
+    Case("csv-row-with-missing-field", "line 2 has 4 fields. Expected 5",
+         run_with_data([HEADER, "1,0.5,0.2,0.6", GOOD_ROWS[1]])),
+    Case("csv-blank-line", "line 3 is blank",
+         run_with_data([HEADER, GOOD_ROWS[0], "", GOOD_ROWS[1]])),
+    Case("csv-empty-file", "is empty (no header row)", run_with_data([])),
+    Case("csv-header-only", "holds no data rows", run_with_data([HEADER])),
+    Case("csv-duplicate-column", "names column 'culmen_depth_mm' twice",
+         run_with_data([HEADER + ",culmen_depth_mm", GOOD_ROWS[0] + ",0.1"])),
+    Case("csv-headers-disagree", "has header",
+         run_with_data({"a.csv": [HEADER, GOOD_ROWS[0]],
+                        "b.csv": [HEADER.replace("body_mass_g", "mass"), GOOD_ROWS[1]]})),
+    Case("csv-not-utf8", "is not UTF-8 text",
+         lambda tmp_path, toy: (["run", "--home", str(toy.home), "--data",
+                                 str(write_csv(tmp_path / "data", b"\xff\xfe\x00garbage\n"))],
+                                [tmp_path / "data"], {})),
+    Case("missing-feature-column", "data.features column 'wingspan' is not in the data",
+         run_with_flags("--features", "culmen_length_mm,wingspan")),
+    Case("missing-label-column", "data.label column 'island' is not in the data",
+         run_with_flags("--label", "island")),
+    Case("extra-text-column", "feature 'island' is 'Biscoe'. Expected a finite number",
+         run_with_data([HEADER + ",island", GOOD_ROWS[0] + ",Biscoe"])),
+    Case("label-is-text", "label 'species' is 'Adelie'. Expected an integer class id",
+         run_with_data([HEADER, GOOD_ROWS[0], "Adelie,0.5,0.2,0.6,0.7"])),
+    Case("label-is-fractional", "label 'species' is '1.5'",
+         run_with_data([HEADER, "1.5,0.5,0.2,0.6,0.7"])),
+    Case("label-out-of-range", "label 'species' is 7. Expected a class id below num_classes=3",
+         run_with_data([HEADER, GOOD_ROWS[0], "7,0.5,0.2,0.6,0.7"])),
+    Case("feature-nan", "feature 'culmen_depth_mm' is 'nan'. Expected a finite number",
+         run_with_data([HEADER, GOOD_ROWS[0], "1,0.5,nan,0.6,0.7"])),
+    Case("feature-inf", "feature 'body_mass_g' is '-inf'",
+         run_with_data([HEADER, "1,0.5,0.2,0.6,-inf"])),
+    Case("feature-empty", "feature 'flipper_length_mm' is empty",
+         run_with_data([HEADER, "1,0.5,0.2,,0.7"])),
+    Case("data-dir-missing", "does not exist or is not a directory",
+         lambda tmp_path, toy: (["run", "--home", str(toy.home), "--data",
+                                 str(tmp_path / "no-such-dir")], [], {})),
+    Case("data-dir-without-csv", "holds no *.csv file",
+         run_with_data({"data.txt": [HEADER, GOOD_ROWS[0]]})),
+    # --- config -------------------------------------------------------------
+    Case("config-wrong-type", "training.train_steps is invalid. Received: 'ten'",
+         run_with_config('[training]\ntrain_steps = "ten"\n')),
+    Case("config-unknown-field", "unknown field training.epochs",
+         run_with_config("[training]\nepochs = 3\n")),
+    Case("config-unknown-section", "unknown section [model]",
+         run_with_config("[model]\nlayers = 3\n")),
+    Case("config-not-toml", "is not valid TOML", run_with_config("[training\n")),
+    Case("config-file-missing", "does not exist",
+         lambda tmp_path, toy: (["run", "--home", str(toy.home), "--config",
+                                 str(tmp_path / "none.toml")], [], {})),
+    Case("flag-zero-checkpoint-interval", "training.checkpoint_every is invalid. Received: 0",
+         run_with_flags("--checkpoint-every", "0")),
+    Case("flag-bad-warm-start", "training.warm_start is invalid. Received: 'sometimes'",
+         run_with_flags("--warm-start", "sometimes")),
+    # --- names and paths ------------------------------------------------------
+    Case("model-name-path-traversal", "serving.model_name is invalid. Received: '../../etc'",
+         run_with_flags("--model-name", "../../etc")),
+    Case("model-name-with-slash", "serving.model_name is invalid. Received: 'a/b'",
+         run_with_flags("--model-name", "a/b")),
+    Case("home-under-a-file", "is a file. Expected a directory path", home_under_a_file),
+    # --- ids ----------------------------------------------------------------
+    Case("warm-start-unknown-id", "warm_start: no Checkpoint artifact with id 987654",
+         run_with_flags("--warm-start", "987654")),
+    Case("warm-start-pruned-checkpoint", "is DELETED", warm_start_pruned),
+    Case("warm-start-corrupted-checkpoint", "is corrupted: its files do not match",
+         warm_start_corrupted),
+    Case("warm-start-latest-without-checkpoints", "holds no live checkpoint",
+         warm_start_latest_on_new_home),
+    # --- metadata store -------------------------------------------------------
+    Case("corrupted-sqlite-run", "cannot open metadata store", corrupted_sqlite),
+    Case("corrupted-sqlite-listing", "cannot open metadata store", corrupted_sqlite_listing),
+    Case("unknown-metadata-scheme", "has unknown scheme 'postgres'", unknown_metadata_scheme),
+    Case("missing-store", "no metadata store at", missing_store),
+    Case("mysql-unreachable", "no MySQL server reachable at", unreachable_mysql),
+]
+
+
+@pytest.fixture
+def toy(tmp_path):
+  home = ToyHome(tmp_path / "home")
+  home.checkpoint(100)
+  home.checkpoint(200)
+  home.promote(marker="v1")
+  return home
+
+
+def assert_fails_cleanly(result, fragment: str) -> str:
+  assert result.returncode == 2, (result.returncode, result.stderr[-2000:])
+  last = result.stderr.strip().splitlines()[-1]
+  assert last.startswith("ckptflow: error: "), result.stderr[-2000:]
+  assert fragment in last, last
+  assert "Traceback" not in result.stderr, result.stderr[-2000:]
+  return last
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def test_bad_input_fails_with_one_line_and_writes_nothing(case, tmp_path, toy):
+  args, roots, env = case.build(tmp_path, toy)
+  roots = [toy.home, *roots]
+  before_files = snapshot(*roots)
+  before_mlmd = mlmd_counts(toy.target)
+  result = ckptflow(*args, env=env, check=False, timeout=300)
+  assert_fails_cleanly(result, case.fragment)
+  assert snapshot(*roots) == before_files
+  assert mlmd_counts(toy.target) == before_mlmd
+
+
+def test_home_on_a_read_only_file_system_fails_and_writes_nothing(tmp_path, toy):
+  data = write_csv(tmp_path / "data", [HEADER, *GOOD_ROWS])
+  with tmpfs(tmp_path / "ro", size="128m", read_only=True) as ro:
+    result = ckptflow("run", "--home", str(ro / "home"), "--data", str(data), check=False)
+    assert os.listdir(ro) == []
+  assert_fails_cleanly(result, "is not writable")
+
+
+def test_home_on_a_full_file_system_fails_before_writing(tmp_path, toy):
+  data = write_csv(tmp_path / "data", [HEADER, *GOOD_ROWS])
+  with tmpfs(tmp_path / "tiny", size="2m") as tiny:
+    (tiny / "filler").write_bytes(b"\0" * (1 << 20))
+    result = ckptflow("run", "--home", str(tiny / "home"), "--data", str(data), check=False)
+    assert os.listdir(tiny) == ["filler"]
+  assert_fails_cleanly(result, "not enough free space")
+
+
+def test_push_onto_a_full_file_system_fails_and_leaves_no_version_or_record(tmp_path, toy):
+  # The copy itself runs out of space (ENOSPC mid-write): a real tiny file
+  # system, a SavedModel larger than what is left on it.
+  source = tmp_path / "big_model"
+  (source / "variables").mkdir(parents=True)
+  (source / "saved_model.pb").write_bytes(b"pb")
+  (source / "variables" / "variables.data-00000-of-00001").write_bytes(os.urandom(3 << 20))
+  with tmpfs(tmp_path / "tiny", size="2m") as tiny:
+    code = (
+        "import sys\n"
+        "from ckptflow.components import promotion\n"
+        "from ckptflow.pipeline import cli, metadata\n"
+        "from ckptflow.pipeline.errors import CkptflowError\n"
+        "from reliability_support import put_model\n"
+        "store = metadata.open_store(sys.argv[1])\n"
+        "model = int(sys.argv[4])\n"
+        "try:\n"
+        "  promotion.promote(store, saved_model_dir=sys.argv[2], serving_root=sys.argv[3],\n"
+        "                    model_name='penguin', model_artifact_id=model)\n"
+        "except CkptflowError as e:\n"
+        "  print('ckptflow: error: ' + ' '.join(str(e).split()), file=sys.stderr)\n"
+        "  sys.exit(e.exit_code)\n")
+    from reliability_support import put_model
+    model_id = put_model(toy.store, str(source))
+    before = mlmd_counts(toy.target)
+    env = os.environ | {"PYTHONPATH": str(pathlib.Path(__file__).parent)}
+    result = subprocess.run(
+        [os.sys.executable, "-c", code, toy.target, str(source), str(tiny / "serving"),
+         str(model_id)], capture_output=True, text=True, env=env, timeout=120)
+    leftovers = sorted(str(p.relative_to(tiny)) for p in tiny.rglob("*")
+                       if p.name not in (".lock", ".models.config.lock"))
+  assert_fails_cleanly(result, "No space left on device")
+  assert leftovers == ["serving", "serving/penguin"]
+  assert mlmd_counts(toy.target) == before
+
+
+@pytest.mark.mysql
+def test_wrong_mysql_password_fails_with_one_line_and_writes_nothing(
+    tmp_path, mysql_database):
+  user = f"ckptflow_pw_{uuid.uuid4().hex[:8]}"
+  mysql_admin(f"CREATE USER '{user}'@'%' IDENTIFIED BY 'right-password'; "
+              f"GRANT ALL ON `{mysql_database}`.* TO '{user}'@'%'")
+  try:
+    data = write_csv(tmp_path / "data", [HEADER, *GOOD_ROWS])
+    home = tmp_path / "home"
+    target = f"mysql://{user}:wrong-password@{MYSQL_HOST}:{MYSQL_PORT}/{mysql_database}"
+    result = ckptflow("run", "--home", str(home), "--data", str(data),
+                      "--metadata", target, check=False)
+    tables = mysql_admin(f"SHOW TABLES FROM `{mysql_database}`").stdout.split()
+  finally:
+    mysql_admin(f"DROP USER IF EXISTS '{user}'@'%'", check=False)
+  last = assert_fails_cleanly(result, "cannot open metadata store")
+  assert f"refused user {user!r}: wrong password" in last
+  assert "wrong-password" not in result.stderr  # the password is masked
+  assert not home.exists()
+  assert tables == []
+
+
+@pytest.mark.mysql
+def test_missing_mysql_database_is_not_created_by_a_listing(mysql_database):
+  absent = mysql_database + "_absent"
+  result = ckptflow("checkpoints", "--metadata", mysql_target(absent), check=False)
+  assert_fails_cleanly(result, "cannot open metadata store")
+  databases = mysql_admin("SHOW DATABASES").stdout.split()
+  assert absent not in databases
