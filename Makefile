@@ -37,6 +37,11 @@ test: install
 test-fast: install
 	$(BIN)/python -m pytest -q -m "not e2e"
 
+# Regenerate the golden Kubeflow spec (kubeflow/testdata/pipeline_golden.json)
+# after an intended change to the compiled pipeline; review its diff.
+golden: install
+	$(BIN)/python -m ckptflow.kubeflow.golden
+
 # Recompile the pinned dependency set (hosts-free: names and versions only).
 lock:
 	uv pip compile requirements.in --python-version 3.11 -o requirements.lock

@@ -52,7 +52,7 @@ def _print_json(document) -> None:
 # --- run -------------------------------------------------------------------
 
 
-def _config_from_args(args) -> PipelineConfig:
+def _config_from_args(args, *, sample_data: bool = True) -> PipelineConfig:
   config = PipelineConfig.from_toml(args.config) if args.config else PipelineConfig()
   overrides: dict[str, dict] = {"data": {}, "training": {}, "serving": {}, "run": {}}
   if args.data is not None:
@@ -82,7 +82,7 @@ def _config_from_args(args) -> PipelineConfig:
   if args.no_cache:
     overrides["run"]["enable_cache"] = False
   config = config.replace(**{k: v for k, v in overrides.items() if v})
-  if not config.data.path:
+  if not config.data.path and sample_data:
     from ckptflow.pipeline.sample_data import write_sample_data
     sample_dir = write_sample_data(os.path.join(config.home, "data", "sample"))
     _log.info("no --data given: using the generated sample dataset in %s", sample_dir)
@@ -151,6 +151,105 @@ def cmd_doctor(args) -> int:
   return 1 if remaining else 0
 
 
+# --- compile / submit (Kubeflow) ---------------------------------------------
+
+
+def _kubeflow_dir(args) -> str:
+  return os.path.join(_home(args), "kubeflow")
+
+
+def cmd_compile(args) -> int:
+  from ckptflow.kubeflow import compile as kfp_compile
+  image = kfp_compile.resolve_image(args.image)  # before any slow import
+  args.metadata, args.orchestrator, args.async_checkpoint = None, None, False
+  config = _config_from_args(args, sample_data=False)
+  features = None
+  if not config.data.path:
+    if not config.data.features:
+      raise CkptflowError("compile needs the feature columns: pass --data DIR (its "
+                          "CSV header; also the default data_root) or --features a,b")
+    features = config.data.features
+  overrides = {"serving": {"serving_dir": args.serving_dir}} if args.serving_dir else {}
+  if args.pipeline_name:
+    overrides["run"] = {"pipeline_name": args.pipeline_name}
+  config = config.replace(**overrides)
+  compiled = kfp_compile.compile_pipeline(
+      config, args.out or _kubeflow_dir(args), image=image, target=args.target,
+      feature_keys=features, pipeline_root=args.pipeline_root)
+  print(f"compiled {len(compiled.tasks)} tasks for {compiled.target}: "
+        f"{compiled.json_path} and {compiled.yaml_path} (image {compiled.image})")
+  return 0
+
+
+def cmd_submit(args) -> int:
+  from ckptflow.kubeflow import submit as kfp_submit
+  params = {}
+  for pair in args.param:
+    name, sep, value = pair.partition("=")
+    if not sep or not name:
+      raise CkptflowError(f"--param {pair!r} is not NAME=VALUE")
+    params[name] = value
+  run = kfp_submit.submit(args.spec or _kubeflow_dir(args), host=args.host,
+                          experiment=args.experiment, params=params,
+                          pipeline_root=args.pipeline_root, run_name=args.run_name)
+  print(f"started run {run.run_id} in experiment {run.experiment!r}: {run.url}")
+  return 0
+
+
+def _add_kubeflow_commands(commands) -> None:
+  compile_ = commands.add_parser(
+      "compile", help="compile the pipeline to a Kubeflow Pipelines v2 spec",
+      description="Compile create_pipeline(config) with TFX's KubeflowV2DagRunner into "
+      "OUT/pipeline.json (PipelineJob) and OUT/pipeline.yaml (PipelineSpec). The data "
+      "location (parameter data_root) and the pipeline root are chosen per run.")
+  _add_home(compile_)
+  compile_.add_argument("--target", choices=("kubeflow", "vertex"), default="kubeflow",
+                        help="kubeflow: open-source KFP v2, no Resolver nodes (default); "
+                        "vertex: Vertex AI Pipelines, with the Resolver")
+  compile_.add_argument("--out", help="output directory (default: HOME/kubeflow)")
+  compile_.add_argument("--image", help="container image every task runs, built from "
+                        "kubeflow/Dockerfile (default: $CKPTFLOW_IMAGE)")
+  compile_.add_argument("--pipeline-root", help="default pipeline root written into "
+                        "pipeline.json (default: none; KFP's own)")
+  compile_.add_argument("--serving-dir", help="TF Serving root the Pusher writes to, "
+                        "reachable from every task (default: the config's)")
+  compile_.add_argument("--pipeline-name", help="pipeline name (default: the config's)")
+  compile_.add_argument("--config", help="TOML config file")
+  compile_.add_argument("--data", help="directory of CSV files: read for the columns, "
+                        "and the default of data_root")
+  compile_.add_argument("--label", help="label column")
+  compile_.add_argument("--features", help="comma-separated feature columns")
+  compile_.add_argument("--model-name", help="served model name")
+  compile_.add_argument("--module", help="model module: import path or .py file")
+  compile_.add_argument("--train-steps", type=int)
+  compile_.add_argument("--batch-size", type=int)
+  compile_.add_argument("--checkpoint-every", type=int)
+  compile_.add_argument("--eval-every", type=int)
+  compile_.add_argument("--keep-last", type=int)
+  compile_.add_argument("--warm-start", help="none, latest, best, or a checkpoint id")
+  compile_.add_argument("--beam-arg", action="append", default=[],
+                        help="a Beam pipeline flag for every task (repeatable)")
+  compile_.add_argument("--no-cache", action="store_true", help="disable KFP caching")
+  compile_.set_defaults(handler=cmd_compile)
+
+  submit = commands.add_parser(
+      "submit", help="upload a compiled spec to Kubeflow Pipelines and start a run",
+      description="Check the compiled spec, then start a run of it with kfp.Client.")
+  _add_home(submit)
+  submit.add_argument("--host", required=True, help="KFP API endpoint, e.g. "
+                      "http://localhost:8080")
+  submit.add_argument("--spec", help="compiled pipeline.yaml/.json or its directory "
+                      "(default: HOME/kubeflow)")
+  submit.add_argument("--experiment", help="experiment name (default: Default)")
+  submit.add_argument("--param", action="append", default=[],
+                      help="a pipeline parameter NAME=VALUE, e.g. data_root=gs://b/csv "
+                      "(repeatable)")
+  submit.add_argument("--pipeline-root", help="where the run's outputs go (default: "
+                      "the spec's, else KFP's)")
+  submit.add_argument("--run-name", help="display name of the run")
+  submit.set_defaults(handler=cmd_submit)
+
+
 # --- parser ------------------------------------------------------------------
 
 
@@ -211,6 +310,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="do not re-hash LIVE checkpoints (only check they exist)")
   doctor.add_argument("--json", action="store_true", help="one JSON document on stdout")
   doctor.set_defaults(handler=cmd_doctor)
+  _add_kubeflow_commands(commands)
   return parser
 
 

@@ -200,9 +200,19 @@ def retry(operation: Callable[[], _T], *, what: str, attempts: int = 8,
   raise AssertionError("unreachable")
 
 
+# What KFP sets in every task's pod (from its metadata-grpc-configmap).
+KFP_METADATA_HOST_ENV = "METADATA_GRPC_SERVICE_HOST"
+KFP_METADATA_PORT_ENV = "METADATA_GRPC_SERVICE_PORT"
+
+
 def target_from_env() -> str:
-  """The metadata target of the current run, from CKPTFLOW_METADATA."""
+  """The metadata target of the current run, from CKPTFLOW_METADATA; in a
+  Kubeflow Pipelines pod without it, KFP's own metadata gRPC service."""
   target = os.environ.get(METADATA_ENV, "").strip()
+  kfp_host = os.environ.get(KFP_METADATA_HOST_ENV, "").strip()
+  if not target and kfp_host:
+    port = os.environ.get(KFP_METADATA_PORT_ENV, "").strip() or "8080"
+    target = f"grpc://{kfp_host}:{port}"
   if not target:
     raise MetadataError(
         f"{METADATA_ENV} is not set: the executor cannot find the run's "

@@ -20,6 +20,12 @@ from ckptflow.pipeline import metadata
 from ckptflow.pipeline.config import PipelineConfig
 
 EXAMPLE_GEN_SPLITS = ("train", "eval")
+# Where the pipeline runs. "local": TFX's LocalDagRunner/BeamDagRunner.
+# "kubeflow": open-source KFP v2 (no Resolver nodes; the Evaluator finds its
+# baseline through MLMD; the Trainer records its own execution per attempt
+# and declares its checkpoints as a task output). "vertex": Vertex AI
+# Pipelines, which runs Resolver nodes: as "kubeflow", with the Resolver.
+TARGETS = ("local", "kubeflow", "vertex")
 
 
 def eval_config(config: PipelineConfig) -> tfma.EvalConfig:
@@ -44,7 +50,9 @@ def eval_config(config: PipelineConfig) -> tfma.EvalConfig:
 
 def create_pipeline(config: PipelineConfig, *, feature_keys: tuple[str, ...] | None = None,
                     data_root: str | None = None,
-                    with_resolver: bool = True) -> tfx.dsl.Pipeline:
+                    with_resolver: bool | None = None,
+                    target: str = "local",
+                    pipeline_root: str | None = None) -> tfx.dsl.Pipeline:
   """Builds the TFX pipeline for `config`.
 
   Args:
@@ -53,9 +61,21 @@ def create_pipeline(config: PipelineConfig, *, feature_keys: tuple[str, ...] | N
       header (`config.data.resolved_features()`), which also checks them.
     data_root: overrides `config.data.path` (the Kubeflow compiler passes a
       runtime parameter here).
-    with_resolver: include the Resolver that finds the baseline model.
-      Open-source KFP v2 cannot run Resolver nodes.
+    with_resolver: include the Resolver that finds the baseline model
+      (default: yes, except for the "kubeflow" target). Open-source KFP v2
+      cannot run Resolver nodes.
+    target: one of TARGETS; "local" builds exactly the local pipeline.
+    pipeline_root: overrides `config.pipeline_root` (for a compiled spec
+      it is only the default; KFP sets the root per run).
   """
+  if target not in TARGETS:
+    raise ValueError(f"create_pipeline: target {target!r} is unknown. "
+                     f"Expected one of {', '.join(TARGETS)}")
+  if with_resolver is None:
+    with_resolver = target != "kubeflow"
+  if with_resolver and target == "kubeflow":
+    raise ValueError("create_pipeline: open-source KFP v2 cannot run Resolver "
+                     "nodes; use target='vertex' or with_resolver=False")
   if feature_keys is None:
     feature_keys = config.data.resolved_features()
   training = config.training
@@ -74,7 +94,11 @@ def create_pipeline(config: PipelineConfig, *, feature_keys: tuple[str, ...] | N
       statistics=statistics_gen.outputs["statistics"], infer_feature_shape=True)
   example_validator = tfx.components.ExampleValidator(
       statistics=statistics_gen.outputs["statistics"], schema=schema_gen.outputs["schema"])
-  trainer = CheckpointingTrainer(
+  trainer_class = CheckpointingTrainer
+  if target != "local":
+    from ckptflow.kubeflow.components import KubeflowCheckpointingTrainer
+    trainer_class = KubeflowCheckpointingTrainer
+  trainer = trainer_class(
       examples=example_gen.outputs["examples"], schema=schema_gen.outputs["schema"],
       module=training.module, feature_keys=feature_keys, label_key=config.data.label,
       train_steps=training.train_steps, batch_size=training.batch_size,
@@ -97,9 +121,16 @@ def create_pipeline(config: PipelineConfig, *, feature_keys: tuple[str, ...] | N
     ).with_id("latest_blessed_model_resolver")
     components.append(resolver)
     baseline = resolver.outputs["model"]
-  evaluator = tfx.components.Evaluator(
-      examples=example_gen.outputs["examples"], model=trainer.outputs["model"],
-      baseline_model=baseline, eval_config=eval_config(config))
+  if target == "local":
+    evaluator = tfx.components.Evaluator(
+        examples=example_gen.outputs["examples"], model=trainer.outputs["model"],
+        baseline_model=baseline, eval_config=eval_config(config))
+  else:
+    from ckptflow.kubeflow.components import KubeflowEvaluator
+    evaluator = KubeflowEvaluator(
+        examples=example_gen.outputs["examples"], model=trainer.outputs["model"],
+        baseline_model=baseline, eval_config=eval_config(config),
+        pipeline_name=config.run.pipeline_name)
   pusher = tfx.components.Pusher(
       model=trainer.outputs["model"], model_blessing=evaluator.outputs["blessing"],
       push_destination=tfx.proto.PushDestination(
@@ -111,7 +142,7 @@ def create_pipeline(config: PipelineConfig, *, feature_keys: tuple[str, ...] | N
 
   return tfx.dsl.Pipeline(
       pipeline_name=config.run.pipeline_name,
-      pipeline_root=config.pipeline_root,
+      pipeline_root=config.pipeline_root if pipeline_root is None else pipeline_root,
       components=components,
       enable_cache=config.run.enable_cache,
       metadata_connection_config=metadata.connection_config(config.metadata_target),

@@ -76,7 +76,7 @@ class CheckpointingTrainer(base_component.BaseComponent):
       raise ValueError("CheckpointingTrainer: train_steps, batch_size and "
                        "checkpoint_every must be positive. Received: "
                        f"{train_steps}, {batch_size}, {checkpoint_every}")
-    spec = CheckpointingTrainerSpec(
+    spec = self.SPEC_CLASS(
         examples=examples, schema=schema, module=module,
         feature_keys=json.dumps(list(feature_keys)), label_key=label_key,
         train_steps=train_steps, batch_size=batch_size,
@@ -88,5 +88,11 @@ class CheckpointingTrainer(base_component.BaseComponent):
         async_checkpoint=int(async_checkpoint), eval_every=eval_every, seed=seed,
         hyperparameters=json.dumps(dict(hyperparameters or {}), sort_keys=True),
         model=types.Channel(type=standard_artifacts.Model),
-        model_run=types.Channel(type=standard_artifacts.ModelRun))
+        model_run=types.Channel(type=standard_artifacts.ModelRun),
+        **self._target_spec_args())
     super().__init__(spec=spec)
+
+  def _target_spec_args(self) -> dict[str, Any]:
+    """Spec arguments a subclass for another orchestrator adds (the
+    Kubeflow target's run id parameters and checkpoints output); none here."""
+    return {}

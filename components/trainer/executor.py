@@ -8,6 +8,10 @@ model as the `Model` output.
 Checkpoints live under `<pipeline_root>/<node>/checkpoints/<run>/exec-<id>/`,
 outside the output directories that TFX deletes when an execution fails, so
 a failed or killed execution's checkpoints survive for the retry.
+
+Under TFX's runners checkpoints are linked to the execution TFX records;
+under KFP v2's container entrypoint the Trainer records an execution of its
+own per attempt (`ckptflow/kubeflow/trainer_attempt.py`).
 """
 
 from __future__ import annotations
@@ -227,6 +231,20 @@ class Executor(base_executor.BaseExecutor):
   def Do(self, input_dict: Dict[str, List[types.Artifact]],
          output_dict: Dict[str, List[types.Artifact]],
          exec_properties: Dict[str, Any]) -> None:
+    self._attempt = None  # set when the Trainer records its own execution
+    try:
+      self._train(input_dict, output_dict, exec_properties)
+    except BaseException as e:
+      # Under a TFX runner TFX records the failure; on Kubeflow the Trainer's
+      # own execution must say it (a killed process says nothing: the next
+      # attempt closes it, see kubeflow/trainer_attempt.py).
+      if self._attempt is not None:
+        self._attempt.fail(f"{type(e).__name__}: {e}")
+      raise
+
+  def _train(self, input_dict: Dict[str, List[types.Artifact]],
+             output_dict: Dict[str, List[types.Artifact]],
+             exec_properties: Dict[str, Any]) -> None:
     self._log_startup(input_dict, output_dict, exec_properties)
     settings = TrainerSettings.from_exec_properties(exec_properties)
     examples = artifact_utils.get_single_instance(input_dict[EXAMPLES_KEY])
@@ -241,8 +259,9 @@ class Executor(base_executor.BaseExecutor):
         f"{fingerprint}|{examples.uri}|{schema.uri}".encode()).hexdigest()
 
     store = metadata.open_store(metadata.target_from_env())
-    execution_id = self._execution_id()
-    sink = MlmdCheckpointSink(store, execution_id, resume_key)
+    sink = self._checkpoint_sink(store, resume_key, exec_properties,
+                                 {EXAMPLES_KEY: examples.uri, SCHEMA_KEY: schema.uri})
+    execution_id = sink.execution_id
 
     tf.keras.utils.set_random_seed(settings.seed)
     tf.config.experimental.enable_op_determinism()
@@ -298,14 +317,26 @@ class Executor(base_executor.BaseExecutor):
     model_run.set_string_custom_property("metrics", json.dumps(result.metrics, sort_keys=True))
     if resumed is not None:
       model_run.set_int_custom_property("resumed_from_checkpoint", resumed.id)
+    if self._attempt is not None:
+      from ckptflow.kubeflow import trainer_attempt
+      trainer_attempt.finish(self._attempt, sink, output_dict, checkpoint_dir=checkpoint_dir,
+                             final_step=result.final_step)
     _log.info("trained to step %d; %d checkpoint(s) registered; model at %s",
               result.final_step, len(result.checkpoints), export_dir)
 
-  def _execution_id(self) -> int:
+  def _checkpoint_sink(self, store, resume_key: str, exec_properties: Dict[str, Any],
+                       input_uris: Mapping[str, str]) -> MlmdCheckpointSink:
+    """Where checkpoints are registered: against the execution TFX made for
+    this run, or, when no TFX runner provides one (KFP v2's container
+    entrypoint), against an execution the Trainer records itself."""
     # TFX's Python executor operator passes the MLMD execution id as the
-    # context's unique id (python_executor_operator.py).
+    # context's unique id (python_executor_operator.py); KFP's entrypoint
+    # passes a directory name instead.
     unique_id = getattr(self._context, "_unique_id", None)
-    if unique_id is None or not str(unique_id).isdigit():
-      raise RuntimeError("the Trainer needs its MLMD execution id; run it through "
-                         "a TFX runner that provides one")
-    return int(unique_id)
+    if unique_id is not None and str(unique_id).isdigit():
+      return MlmdCheckpointSink(store, int(unique_id), resume_key)
+    from ckptflow.kubeflow import trainer_attempt
+    run_id, task_name = trainer_attempt.run_identity(exec_properties)
+    self._attempt = trainer_attempt.start(store, run_id=run_id, task_name=task_name,
+                                          resume_key=resume_key, input_uris=input_uris)
+    return self._attempt.checkpoint_sink(resume_key)
