@@ -128,8 +128,10 @@ def open_store(target: str, *, create: bool = True) -> metadata_store.MetadataSt
       raise MetadataError(f"metadata directory {parent!r} does not exist")
   config = connection_config(target, create=create)
   try:
+    # More attempts than a single call gets: processes that open one new
+    # MySQL database together wait out the one creating the schema.
     return retry(lambda: metadata_store.MetadataStore(config),
-                 what="opening the metadata store")
+                 what="opening the metadata store", attempts=15)
   except (mlmd_errors.StatusError, RuntimeError) as e:
     # MLMD raises RuntimeError, not a StatusError, for a SQLite file that is
     # not a database; its text then goes on with the failed query.
@@ -166,16 +168,32 @@ def _is_retryable(error: BaseException) -> bool:
 
   ABORTED is MLMD's transaction-conflict code (MLMD's own client retries only
   that one). SQLite "database is locked"/"busy" and a lost MySQL connection
-  fail the whole transaction before anything is committed.
+  fail the whole transaction before anything is committed. MySQL's "table
+  definition has changed, please retry transaction" aborts the transaction
+  too. Several processes opening one empty MySQL database at once race to
+  create MLMD's schema and all but one fail (MLMD raises RuntimeError, or
+  an error saying "concurrent connection to the empty database. Please
+  retry"); schema creation is idempotent, so opening again is safe.
   """
+  text = str(error).lower()
+  if isinstance(error, RuntimeError):
+    return any(marker in text for marker in _SCHEMA_RACE_MARKERS)
   if isinstance(error, mlmd_errors.AbortedError):
     return True
+  if isinstance(error, mlmd_errors.StatusError):
+    if any(marker in text for marker in _SCHEMA_RACE_MARKERS):
+      return True
   if isinstance(error, (mlmd_errors.InternalError, mlmd_errors.UnavailableError)):
-    text = str(error).lower()
     return any(marker in text for marker in (
         "database is locked", "busy", "lost connection",
-        "server has gone away", "can't connect", "deadlock"))
+        "server has gone away", "can't connect", "deadlock",
+        "table definition has changed"))
   return False
+
+
+_SCHEMA_RACE_MARKERS = ("concurrent connection to the empty database",
+                        "no schema_version can be found",
+                        "table definition has changed")
 
 
 def retry(operation: Callable[[], _T], *, what: str, attempts: int = 8,
@@ -189,7 +207,7 @@ def retry(operation: Callable[[], _T], *, what: str, attempts: int = 8,
   for attempt in range(1, attempts + 1):
     try:
       return operation()
-    except mlmd_errors.StatusError as e:
+    except (mlmd_errors.StatusError, RuntimeError) as e:
       if attempt == attempts or not _is_retryable(e):
         raise
       delay = random.uniform(0, min(max_delay, base_delay * 2 ** attempt))
