@@ -114,6 +114,7 @@ class TrainingConfig:
   """
 
   module: str = "ckptflow.pipeline.model"
+  style: str = "loop"  # "loop": build_training + train_step; "fit": model.fit
   train_steps: int = 600
   batch_size: int = 32
   checkpoint_every: int = 100
@@ -134,6 +135,8 @@ class TrainingConfig:
   def __post_init__(self):
     if not isinstance(self.module, str) or not self.module:
       _fail("training.module", self.module, "a module path or .py file")
+    if self.style not in ("loop", "fit"):
+      _fail("training.style", self.style, "'loop' (custom train_step) or 'fit' (model.fit)")
     _positive_int("training.train_steps", self.train_steps)
     _positive_int("training.batch_size", self.batch_size)
     _positive_int("training.checkpoint_every", self.checkpoint_every)

@@ -100,7 +100,7 @@ def create_pipeline(config: PipelineConfig, *, feature_keys: tuple[str, ...] | N
     trainer_class = KubeflowCheckpointingTrainer
   trainer = trainer_class(
       examples=example_gen.outputs["examples"], schema=schema_gen.outputs["schema"],
-      module=training.module, feature_keys=feature_keys, label_key=config.data.label,
+      module=training.module, style=training.style, feature_keys=feature_keys, label_key=config.data.label,
       train_steps=training.train_steps, batch_size=training.batch_size,
       checkpoint_every=training.checkpoint_every,
       checkpoint_every_seconds=training.checkpoint_every_seconds,

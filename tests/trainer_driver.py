@@ -26,11 +26,15 @@ import tensorflow as tf  # noqa: E402
 from ml_metadata.proto import metadata_store_pb2  # noqa: E402
 
 from ckptflow.components.trainer import policies  # noqa: E402
-from ckptflow.components.trainer.contract import TrainingSpec  # noqa: E402
+from ckptflow.components.trainer.contract import TrainingSetup, TrainingSpec  # noqa: E402
+from ckptflow.components.trainer.keras_callback import fit_with_checkpoints  # noqa: E402
 from ckptflow.components.trainer.loop import (LoopSettings, TrainingInterrupted,  # noqa: E402
                                               TrainingLoop)
 from ckptflow.components.trainer.registration import MlmdCheckpointSink  # noqa: E402
 from ckptflow.pipeline import metadata, model  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from support import finish_execution, start_execution  # noqa: E402
 
 FEATURES = ("culmen_length_mm", "culmen_depth_mm", "flipper_length_mm", "body_mass_g")
 
@@ -43,20 +47,6 @@ def load_penguins(path: str):
   return features, labels
 
 
-def start_execution(store) -> int:
-  type_id = store.put_execution_type(metadata_store_pb2.ExecutionType(name="test.TrainerRun"))
-  execution = metadata_store_pb2.Execution(
-      type_id=type_id, last_known_state=metadata_store_pb2.Execution.RUNNING)
-  [execution_id] = store.put_executions([execution])
-  return execution_id
-
-
-def finish_execution(store, execution_id: int, state: int) -> None:
-  [execution] = store.get_executions_by_id([execution_id])
-  execution.last_known_state = state
-  store.put_executions([execution])
-
-
 def main() -> int:
   parser = argparse.ArgumentParser()
   parser.add_argument("--store", required=True)
@@ -67,6 +57,7 @@ def main() -> int:
   parser.add_argument("--seed", type=int, default=1)
   parser.add_argument("--keep-last", type=int, default=0)
   parser.add_argument("--async-save", action="store_true")
+  parser.add_argument("--fit", action="store_true", help="train with model.fit")
   parser.add_argument("--out", required=True)
   args = parser.parse_args()
 
@@ -82,27 +73,36 @@ def main() -> int:
   spec = TrainingSpec(feature_keys=FEATURES, label_key="species",
                       hyperparameters={"hidden_units": [16, 8], "input_noise": 0.05},
                       seed=args.seed, rng=rng)
-  setup = model.build_training(spec)
   features, labels = load_penguins(args.data)
   batches = (tf.data.Dataset.from_tensor_slices((features, labels)).repeat()
              .shuffle(256, seed=args.seed).batch(16, drop_remainder=True))
   retention = policies.KeepAny(
       (policies.KeepLast(args.keep_last),) if args.keep_last else ())
-  loop = TrainingLoop(
-      setup, batches=batches, eval_batches=None, rng=rng,
-      settings=LoopSettings(
-          train_steps=args.steps,
-          checkpoint_dir=os.path.join(args.dir, f"exec-{execution_id}"),
-          fingerprint="driver", resume_key=run_key, examples_per_epoch=len(labels),
-          batch_size=16, async_checkpoint=args.async_save, log_every=10_000),
-      save_policy=policies.EveryNSteps(args.every), retention=retention, sink=sink,
-      signal_policy=policies.OnSignal(), progress=lambda line: None)
-  resumed = loop.resume()
-  print(json.dumps({"event": "started", "execution_id": execution_id,
-                    "resumed_step": resumed.step if resumed else None,
-                    "resumed_id": resumed.id if resumed else None}), flush=True)
+  settings = LoopSettings(
+      train_steps=args.steps, checkpoint_dir=os.path.join(args.dir, f"exec-{execution_id}"),
+      fingerprint="driver", resume_key=run_key, examples_per_epoch=len(labels),
+      batch_size=16, async_checkpoint=args.async_save, log_every=10_000)
   try:
-    result = loop.run(resumed)
+    if args.fit:
+      keras_model = model.build_keras_model(spec)
+      print(json.dumps({"event": "started", "execution_id": execution_id}), flush=True)
+      result = fit_with_checkpoints(
+          keras_model, batches=batches, settings=settings,
+          save_policy=policies.EveryNSteps(args.every), retention=retention, sink=sink,
+          signal_policy=policies.OnSignal())
+      setup = TrainingSetup(model=keras_model, optimizers={"fit": keras_model.optimizer},
+                            train_step=lambda f, l: {})
+    else:
+      setup = model.build_training(spec)
+      loop = TrainingLoop(
+          setup, batches=batches, eval_batches=None, rng=rng, settings=settings,
+          save_policy=policies.EveryNSteps(args.every), retention=retention, sink=sink,
+          signal_policy=policies.OnSignal(), progress=lambda line: None)
+      resumed = loop.resume()
+      print(json.dumps({"event": "started", "execution_id": execution_id,
+                        "resumed_step": resumed.step if resumed else None,
+                        "resumed_id": resumed.id if resumed else None}), flush=True)
+      result = loop.run(resumed)
   except TrainingInterrupted as e:
     finish_execution(store, execution_id, metadata_store_pb2.Execution.FAILED)
     print(json.dumps({"event": "interrupted", "step": e.step}), flush=True)
@@ -116,6 +116,7 @@ def main() -> int:
   variables["rng_state"] = rng.state.numpy()
   np.savez(args.out, **variables)
   print(json.dumps({"event": "finished", "final_step": result.final_step,
+                    "resumed_step": result.resumed_from.step if result.resumed_from else None,
                     "registered": [c.step for c in result.checkpoints]}), flush=True)
   return 0
 

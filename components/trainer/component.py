@@ -25,6 +25,7 @@ from ckptflow.components.trainer import executor
 class CheckpointingTrainerSpec(types.ComponentSpec):
   PARAMETERS = {
       "module": ExecutionParameter(type=str),
+      "style": ExecutionParameter(type=str, optional=True),
       "feature_keys": ExecutionParameter(type=str),  # JSON list
       "label_key": ExecutionParameter(type=str),
       "train_steps": ExecutionParameter(type=int),
@@ -60,13 +61,15 @@ class CheckpointingTrainer(base_component.BaseComponent):
   EXECUTOR_SPEC = executor_spec.ExecutorClassSpec(executor.Executor)
 
   def __init__(self, *, examples: types.BaseChannel, schema: types.BaseChannel,
-               module: str, feature_keys: Sequence[str], label_key: str,
+               module: str, style: str = "loop", feature_keys: Sequence[str], label_key: str,
                train_steps: int, batch_size: int, checkpoint_every: int,
                checkpoint_every_seconds: float = 0.0, checkpoint_at_epoch_end: bool = False,
                keep_last: int = 0, keep_best: int = 0, best_metric: str = "loss",
                best_mode: str = "min", keep_every: int = 0, warm_start: str = "none",
                async_checkpoint: bool = False, eval_every: int = 0, seed: int = 0,
                hyperparameters: Mapping[str, Any] | None = None):
+    if style not in ("loop", "fit"):
+      raise ValueError(f"CheckpointingTrainer: style must be 'loop' or 'fit'. Received: {style!r}")
     if not feature_keys:
       raise ValueError("CheckpointingTrainer needs at least one feature key")
     if label_key in feature_keys:
@@ -77,7 +80,7 @@ class CheckpointingTrainer(base_component.BaseComponent):
                        "checkpoint_every must be positive. Received: "
                        f"{train_steps}, {batch_size}, {checkpoint_every}")
     spec = self.SPEC_CLASS(
-        examples=examples, schema=schema, module=module,
+        examples=examples, schema=schema, module=module, style=style,
         feature_keys=json.dumps(list(feature_keys)), label_key=label_key,
         train_steps=train_steps, batch_size=batch_size,
         checkpoint_every=checkpoint_every,

@@ -36,6 +36,7 @@ from tfx.utils import io_utils
 from ckptflow.components.checkpoint import CheckpointRecord, list_checkpoints
 from ckptflow.components.trainer import checkpoint_files, export, policies
 from ckptflow.components.trainer.contract import TrainingSetup, TrainingSpec
+from ckptflow.components.trainer.keras_callback import fit_with_checkpoints
 from ckptflow.components.trainer.loop import LoopSettings, TrainingLoop, count_records
 from ckptflow.components.trainer.registration import MlmdCheckpointSink
 from ckptflow.pipeline import metadata
@@ -54,6 +55,7 @@ class TrainerSettings:
   """The Trainer's execution properties, parsed and typed."""
 
   module: str
+  style: str
   feature_keys: tuple[str, ...]
   label_key: str
   train_steps: int
@@ -76,6 +78,7 @@ class TrainerSettings:
   def from_exec_properties(cls, props: Mapping[str, Any]) -> "TrainerSettings":
     return cls(
         module=props["module"],
+        style=props.get("style") or "loop",
         feature_keys=tuple(json.loads(props["feature_keys"])),
         label_key=props["label_key"],
         train_steps=int(props["train_steps"]),
@@ -116,7 +119,8 @@ class TrainerSettings:
   def result_affecting(self) -> dict:
     """The settings that change what training computes (not how it is
     checkpointed), for the run's fingerprint."""
-    return {"feature_keys": list(self.feature_keys), "label_key": self.label_key,
+    return {"style": self.style, "feature_keys": list(self.feature_keys),
+            "label_key": self.label_key,
             "train_steps": self.train_steps, "batch_size": self.batch_size,
             "seed": self.seed, "hyperparameters": dict(self.hyperparameters)}
 
@@ -268,11 +272,6 @@ class Executor(base_executor.BaseExecutor):
     rng = tf.random.Generator.from_seed(settings.seed)
     spec = TrainingSpec(feature_keys=settings.feature_keys, label_key=settings.label_key,
                         hyperparameters=settings.hyperparameters, seed=settings.seed, rng=rng)
-    setup = module.build_training(spec)
-    if not isinstance(setup, TrainingSetup):
-      raise ConfigError(f"{settings.module}.build_training must return a TrainingSetup. "
-                        f"Received: {type(setup).__name__}")
-
     train_files = split_files(examples, "train")
     eval_files = split_files(examples, "eval")
     batches = make_dataset(train_files, feature_dtypes, settings.label_key,
@@ -285,27 +284,29 @@ class Executor(base_executor.BaseExecutor):
     node_dir = os.path.dirname(os.path.dirname(model_artifact.uri.rstrip("/")))
     checkpoint_root = os.path.join(node_dir, "checkpoints")
     checkpoint_files.sweep_staging(checkpoint_root)
-    checkpoint_dir = os.path.join(checkpoint_root, resume_key[:16], f"exec-{execution_id}")
+    loop_settings = LoopSettings(
+        train_steps=settings.train_steps,
+        checkpoint_dir=os.path.join(checkpoint_root, resume_key[:16], f"exec-{execution_id}"),
+        fingerprint=fingerprint, resume_key=resume_key,
+        examples_per_epoch=examples_per_epoch, batch_size=settings.batch_size,
+        async_checkpoint=settings.async_checkpoint, eval_every=settings.eval_every)
+    # Chosen only if there is nothing to resume: a resumed run continues
+    # from its own checkpoint, whatever warm_start says.
+    warm_start = None
+    if settings.warm_start != "none":
+      warm_start = lambda: pick_warm_start(store, settings.warm_start, settings, resume_key)
 
-    loop = TrainingLoop(
-        setup, batches=batches, eval_batches=eval_batches, rng=rng,
-        settings=LoopSettings(
-            train_steps=settings.train_steps, checkpoint_dir=checkpoint_dir,
-            fingerprint=fingerprint, resume_key=resume_key,
-            examples_per_epoch=examples_per_epoch, batch_size=settings.batch_size,
-            async_checkpoint=settings.async_checkpoint, eval_every=settings.eval_every),
-        save_policy=settings.save_policy(), retention=settings.retention_policy(),
-        sink=sink, signal_policy=policies.OnSignal(),
-        summary_dir=os.path.join(model_run.uri, "tensorboard"))
-    resumed = loop.resume()
-    if resumed is None and settings.warm_start != "none":
-      start = pick_warm_start(store, settings.warm_start, settings, resume_key)
-      _log.info("warm start from checkpoint %d (step %d)", start.id, start.step)
-      loop.restore_weights_from(start)
-    result = loop.run(resumed)
+    if settings.style == "fit":
+      trained_model, result = self._fit(module, spec, settings, batches, loop_settings,
+                                        sink, warm_start)
+    else:
+      trained_model, result = self._loop(module, spec, settings, batches, eval_batches,
+                                         loop_settings, sink, warm_start,
+                                         os.path.join(model_run.uri, "tensorboard"))
+    resumed = result.resumed_from
 
     export_dir = os.path.join(model_artifact.uri, export.SERVING_DIR_NAME)
-    export.export_saved_model(setup.model, export_dir, feature_dtypes)
+    export.export_saved_model(trained_model, export_dir, feature_dtypes)
     final = result.final_checkpoint
     if final is not None:
       model_artifact.set_int_custom_property("checkpoint_id", final.id)
@@ -319,10 +320,44 @@ class Executor(base_executor.BaseExecutor):
       model_run.set_int_custom_property("resumed_from_checkpoint", resumed.id)
     if self._attempt is not None:
       from ckptflow.kubeflow import trainer_attempt
-      trainer_attempt.finish(self._attempt, sink, output_dict, checkpoint_dir=checkpoint_dir,
+      trainer_attempt.finish(self._attempt, sink, output_dict,
+                             checkpoint_dir=loop_settings.checkpoint_dir,
                              final_step=result.final_step)
     _log.info("trained to step %d; %d checkpoint(s) registered; model at %s",
               result.final_step, len(result.checkpoints), export_dir)
+
+  @staticmethod
+  def _loop(module, spec, settings, batches, eval_batches, loop_settings, sink,
+            warm_start, summary_dir):
+    if not hasattr(module, "build_training"):
+      raise ConfigError(f"training.style='loop' needs {settings.module}.build_training(spec)")
+    setup = module.build_training(spec)
+    if not isinstance(setup, TrainingSetup):
+      raise ConfigError(f"{settings.module}.build_training must return a TrainingSetup. "
+                        f"Received: {type(setup).__name__}")
+    loop = TrainingLoop(
+        setup, batches=batches, eval_batches=eval_batches, rng=spec.rng,
+        settings=loop_settings, save_policy=settings.save_policy(),
+        retention=settings.retention_policy(), sink=sink,
+        signal_policy=policies.OnSignal(), summary_dir=summary_dir)
+    resumed = loop.resume()
+    if resumed is None and warm_start is not None:
+      loop.warm_start(warm_start())
+    return setup.model, loop.run(resumed)
+
+  @staticmethod
+  def _fit(module, spec, settings, batches, loop_settings, sink, warm_start):
+    if not hasattr(module, "build_keras_model"):
+      raise ConfigError(f"training.style='fit' needs {settings.module}.build_keras_model(spec)")
+    model = module.build_keras_model(spec)
+    if not isinstance(model, tf.keras.Model) or model.optimizer is None:
+      raise ConfigError(f"{settings.module}.build_keras_model must return a compiled "
+                        "tf.keras.Model")
+    result = fit_with_checkpoints(
+        model, batches=batches, settings=loop_settings, save_policy=settings.save_policy(),
+        retention=settings.retention_policy(), sink=sink, warm_start=warm_start,
+        signal_policy=policies.OnSignal())
+    return model, result
 
   def _checkpoint_sink(self, store, resume_key: str, exec_properties: Dict[str, Any],
                        input_uris: Mapping[str, str]) -> MlmdCheckpointSink:

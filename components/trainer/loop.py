@@ -1,5 +1,9 @@
 """The checkpointing training loop.
 
+`Checkpointer` saves, publishes, registers, prunes and restores a training
+state; `TrainingLoop` drives it from a custom loop and `keras_callback`
+from `model.fit`.
+
 `TrainingLoop` runs the user's `train_step` and owns the whole training
 state as one `tf.train.Checkpoint`: the model, every optimizer, the user's
 extra variables, the step counter, the RNG and the input iterator (so a
@@ -13,7 +17,10 @@ Guarantees:
   and hashed; the sink records exactly those bytes.
 * With async saving, training continues while a checkpoint is written; the
   checkpoint is verified and registered when the write has finished, never
-  before, and the loop waits for every outstanding write before returning.
+  before. At most one checkpoint is in flight (the next save first waits for
+  the previous one), so a kill costs at most one interval with sync saving
+  and at most two with async saving. The loop waits for every outstanding
+  write before returning.
 * Resume tries registered checkpoints newest first and skips (and marks
   ABANDONED) one whose files fail their checksum or do not restore.
 * On SIGTERM/SIGINT the loop saves and registers at the next step boundary,
@@ -98,43 +105,32 @@ class LoopResult:
   metrics: Mapping[str, float]
 
 
-class TrainingLoop:
-  """Trains `setup` on `batches`, checkpointing per `save_policy`."""
+class Checkpointer:
+  """Saves, publishes, registers, prunes and restores one training state.
 
-  def __init__(self, setup: TrainingSetup, *, batches: tf.data.Dataset,
-               eval_batches: tf.data.Dataset | None, rng: tf.random.Generator,
-               settings: LoopSettings, save_policy: policies.SavePolicy,
-               retention: policies.RetentionPolicy, sink: CheckpointSink,
-               signal_policy: policies.OnSignal | None = None,
-               summary_dir: str | None = None,
-               progress: Callable[[str], None] | None = None):
-    self._setup = setup
-    self._settings = settings
-    self._save_policy = save_policy
-    self._retention = retention
+  Shared by the custom loop (`TrainingLoop`) and the Keras `model.fit`
+  callback (`keras_callback.py`), so both produce the same checkpoints and
+  MLMD records. `state` is the `tf.train.Checkpoint` of everything that must
+  come back on resume.
+  """
+
+  def __init__(self, state: tf.train.Checkpoint, *, checkpoint_dir: str,
+               fingerprint: str, resume_key: str, sink: CheckpointSink,
+               retention: policies.RetentionPolicy, async_checkpoint: bool = False):
+    self._state = state
+    self._checkpoint_dir = checkpoint_dir
+    self._fingerprint = fingerprint
+    self._resume_key = resume_key
     self._sink = sink
-    self._signal_policy = signal_policy
-    self._eval_batches = eval_batches
-    self._progress = progress or _default_progress()
-    self._step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
-    self._iterator = iter(batches)
-    self._state = tf.train.Checkpoint(
-        model=setup.model,
-        optimizers=dict(setup.optimizers),
-        variables=dict(setup.variables),
-        step=self._step,
-        rng=rng,
-        data=self._iterator)
-    self._train_step = tf.function(setup.train_step)
-    self._eval_step = tf.function(setup.eval_step or default_eval_step(setup.model))
-    self._summary = tf.summary.create_file_writer(summary_dir) if summary_dir else None
-    # One worker finishes checkpoints in order: verify, hash, publish,
-    # register, prune. Sync saving runs the same code inline.
+    self._retention = retention
+    self._async = async_checkpoint
+    # One worker finishes checkpoints in order: wait for the write, verify,
+    # hash, publish, register, prune. Sync saving runs the same code inline.
     self._finisher = concurrent.futures.ThreadPoolExecutor(
         max_workers=1, thread_name_prefix="checkpoint-finisher")
     self._pending: list[concurrent.futures.Future] = []
-    self._registered: list[CheckpointRecord] = []
-    self._last_eval: dict[str, float] = {}
+    self.registered: list[CheckpointRecord] = []
+    os.makedirs(checkpoint_dir, exist_ok=True)
 
   @property
   def state(self) -> tf.train.Checkpoint:
@@ -155,14 +151,6 @@ class TrainingLoop:
     self._sink.record_restored(record, key)
     return True
 
-  def restore_weights_from(self, record: CheckpointRecord) -> None:
-    """Warm start: loads the model's weights (not optimizer, step, data
-    position) from `record`."""
-    checkpoint_files.verify_against_record(record.uri, record.checksum)
-    weights_only = tf.train.Checkpoint(model=self._setup.model)
-    weights_only.read(checkpoint_files.prefix(record.uri)).expect_partial()
-    self._sink.record_restored(record, "warm_start")
-
   def resume(self) -> CheckpointRecord | None:
     """Restores the newest intact checkpoint of an unfinished earlier run."""
     for record in self._sink.resume_candidates():
@@ -171,9 +159,126 @@ class TrainingLoop:
         return record
     return None
 
+  def warm_start(self, record: CheckpointRecord, model: tf.keras.Model) -> None:
+    """Loads `model`'s weights (not optimizers, step or data position) from
+    `record`, and records it as an input of this run."""
+    _log.info("warm start from checkpoint %d (step %d)", record.id, record.step)
+    checkpoint_files.verify_against_record(record.uri, record.checksum)
+    weights_only = tf.train.Checkpoint(model=model)
+    try:
+      weights_only.read(checkpoint_files.prefix(record.uri)).expect_partial()
+    except (tf.errors.OpError, ValueError) as e:
+      raise CheckpointError(f"warm start: checkpoint {record.id} does not fit this "
+                            f"model: {str(e).splitlines()[0]}") from e
+    self._sink.record_restored(record, "warm_start")
+
+  def save(self, step: int, epoch: int, metrics: Mapping[str, float]) -> None:
+    """Writes the state at `step`. Returns once the write has started
+    (async) or the checkpoint is registered (sync)."""
+    # At most one checkpoint in flight: the previous one is registered
+    # before the next write starts, so an async run killed at any moment
+    # loses at most two intervals (one for sync saving).
+    self.wait()
+    staged = checkpoint_files.staging_dir(self._checkpoint_dir, step)
+    if os.path.exists(staged):
+      shutil.rmtree(staged)
+    options = tf.train.CheckpointOptions(enable_async=self._async)
+    self._state.write(checkpoint_files.prefix(staged), options=options)
+    fault_point("checkpoint-write")
+    future = self._finisher.submit(self._finish, step, epoch, dict(metrics), staged)
+    self._pending.append(future)
+    if not self._async:
+      self.wait()
+
+  def wait(self) -> None:
+    """Blocks until every started save is registered; raises its error."""
+    for future in self._pending:
+      future.result()
+    self._pending = []
+
+  def close(self) -> None:
+    self._finisher.shutdown(wait=True)
+
+  def _finish(self, step: int, epoch: int, metrics: Mapping[str, float],
+              staged: str) -> CheckpointRecord:
+    """Runs on the finisher thread: waits for the write, then publishes."""
+    self._state.sync()  # no-op for sync saves; waits for an async write
+    checkpoint_files.verify_readable(staged)
+    size, checksum = checkpoint_files.digest(staged)
+    final = checkpoint_files.final_dir(self._checkpoint_dir, step)
+    checkpoint_files.publish(staged, final)
+    fault_point("checkpoint-register")
+    record = self._sink.register(NewCheckpoint(
+        uri=final, step=step, epoch=epoch, metrics=metrics, size_bytes=size,
+        checksum=checksum, tf_version=tf.__version__,
+        fingerprint=self._fingerprint, resume_key=self._resume_key))
+    self.registered.append(record)
+    self._prune()
+    return record
+
+  def _prune(self) -> None:
+    live = self._sink.live()
+    candidates = [policies.Candidate(id=r.id, step=r.step, metrics=r.metrics,
+                                     protected=bool(r.protected)) for r in live]
+    doomed_ids = {c.id for c in policies.to_prune(self._retention, candidates)}
+    doomed = [r for r in live if r.id in doomed_ids]
+    if not doomed:
+      return
+    # MLMD first: a crash in between leaves stray files (swept by `doctor`),
+    # never a LIVE artifact without its files.
+    self._sink.mark_deleted(doomed)
+    for record in doomed:
+      shutil.rmtree(record.uri, ignore_errors=True)
+    _log.info("pruned checkpoints at steps %s", [r.step for r in doomed])
+
+
+class TrainingLoop:
+  """Trains `setup` on `batches`, checkpointing per `save_policy`."""
+
+  def __init__(self, setup: TrainingSetup, *, batches: tf.data.Dataset,
+               eval_batches: tf.data.Dataset | None, rng: tf.random.Generator,
+               settings: LoopSettings, save_policy: policies.SavePolicy,
+               retention: policies.RetentionPolicy, sink: CheckpointSink,
+               signal_policy: policies.OnSignal | None = None,
+               summary_dir: str | None = None,
+               progress: Callable[[str], None] | None = None):
+    self._setup = setup
+    self._settings = settings
+    self._save_policy = save_policy
+    self._signal_policy = signal_policy
+    self._eval_batches = eval_batches
+    self._progress = progress or _default_progress()
+    self._step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
+    self._iterator = iter(batches)
+    state = tf.train.Checkpoint(
+        model=setup.model,
+        optimizers=dict(setup.optimizers),
+        variables=dict(setup.variables),
+        step=self._step,
+        rng=rng,
+        data=self._iterator)
+    self.checkpointer = Checkpointer(
+        state, checkpoint_dir=settings.checkpoint_dir, fingerprint=settings.fingerprint,
+        resume_key=settings.resume_key, sink=sink, retention=retention,
+        async_checkpoint=settings.async_checkpoint)
+    self._train_step = tf.function(setup.train_step)
+    self._eval_step = tf.function(setup.eval_step or default_eval_step(setup.model))
+    self._summary = tf.summary.create_file_writer(summary_dir) if summary_dir else None
+    self._last_eval: dict[str, float] = {}
+
+  @property
+  def state(self) -> tf.train.Checkpoint:
+    return self.checkpointer.state
+
+  def resume(self) -> CheckpointRecord | None:
+    return self.checkpointer.resume()
+
+  def warm_start(self, record: CheckpointRecord) -> None:
+    self.checkpointer.warm_start(record, self._setup.model)
+
   def run(self, resumed_from: CheckpointRecord | None = None) -> LoopResult:
     settings = self._settings
-    os.makedirs(settings.checkpoint_dir, exist_ok=True)
+    checkpointer = self.checkpointer
     steps_per_epoch = max(1, math.ceil(settings.examples_per_epoch / settings.batch_size))
     step = int(self._step.numpy())
     last_saved_step = step if resumed_from else None
@@ -199,27 +304,28 @@ class TrainingLoop:
             epoch_ended=step % steps_per_epoch == 0, now=time.monotonic(),
             last_saved_step=last_saved_step, last_saved_time=last_saved_time)
         if step == settings.train_steps or self._save_policy.should_save(progress):
-          self._save(step, progress.epoch, metrics)
+          checkpointer.save(step, progress.epoch, metrics | self._last_eval)
           last_saved_step, last_saved_time = step, time.monotonic()
         if step % settings.log_every == 0 or step == settings.train_steps:
           rate = (step - start_step) / max(1e-9, time.monotonic() - start_time)
           self._progress(f"step {step}/{settings.train_steps} loss={metrics.get('loss', 0):.4f} "
-                         f"{rate:.1f} steps/s last checkpoint step {last_saved_step}")
+                         f"{rate:.1f} steps/s, last checkpoint at step {last_saved_step}")
         if self._signal_policy and self._signal_policy.received is not None:
           if last_saved_step != step:
-            self._save(step, progress.epoch, metrics)
-          self._wait_for_saves()
+            checkpointer.save(step, progress.epoch, metrics | self._last_eval)
+          checkpointer.wait()
           raise TrainingInterrupted(self._signal_policy.received, step)
-      self._wait_for_saves()
+      checkpointer.wait()
     finally:
       if self._signal_policy:
         self._signal_policy.uninstall()
-      self._finisher.shutdown(wait=True)
+      checkpointer.close()
       if self._summary:
         self._summary.flush()
-    final = max(self._registered, key=lambda r: r.step) if self._registered else resumed_from
+    registered = checkpointer.registered
+    final = max(registered, key=lambda r: r.step) if registered else resumed_from
     return LoopResult(final_step=step, resumed_from=resumed_from,
-                      checkpoints=list(self._registered), final_checkpoint=final,
+                      checkpoints=list(registered), final_checkpoint=final,
                       metrics=metrics | self._last_eval)
 
   def _evaluate(self, step: int) -> None:
@@ -241,66 +347,6 @@ class TrainingLoop:
     with self._summary.as_default(step=step):
       for name, value in metrics.items():
         tf.summary.scalar(name, value)
-
-  def _save(self, step: int, epoch: int, metrics: Mapping[str, float]) -> None:
-    staged = checkpoint_files.staging_dir(self._settings.checkpoint_dir, step)
-    if os.path.exists(staged):
-      shutil.rmtree(staged)
-    options = tf.train.CheckpointOptions(enable_async=self._settings.async_checkpoint)
-    self._state.write(checkpoint_files.prefix(staged), options=options)
-    fault_point("checkpoint-write")
-    all_metrics = dict(metrics) | self._last_eval
-    future = self._finisher.submit(self._finish, step, epoch, all_metrics, staged)
-    self._pending.append(future)
-    if not self._settings.async_checkpoint:
-      future.result()
-    self._raise_finisher_errors()
-
-  def _finish(self, step: int, epoch: int, metrics: Mapping[str, float],
-              staged: str) -> CheckpointRecord:
-    """Runs on the finisher thread: waits for the write, then publishes."""
-    self._state.sync()  # no-op for sync saves; waits for an async write
-    checkpoint_files.verify_readable(staged)
-    size, checksum = checkpoint_files.digest(staged)
-    final = checkpoint_files.final_dir(self._settings.checkpoint_dir, step)
-    checkpoint_files.publish(staged, final)
-    fault_point("checkpoint-register")
-    record = self._sink.register(NewCheckpoint(
-        uri=final, step=step, epoch=epoch, metrics=metrics, size_bytes=size,
-        checksum=checksum, tf_version=tf.__version__,
-        fingerprint=self._settings.fingerprint, resume_key=self._settings.resume_key))
-    self._registered.append(record)
-    self._prune()
-    return record
-
-  def _prune(self) -> None:
-    live = self._sink.live()
-    candidates = [policies.Candidate(id=r.id, step=r.step, metrics=r.metrics,
-                                     protected=bool(r.protected)) for r in live]
-    doomed_ids = {c.id for c in policies.to_prune(self._retention, candidates)}
-    doomed = [r for r in live if r.id in doomed_ids]
-    if not doomed:
-      return
-    # MLMD first: a crash in between leaves stray files (swept by `doctor`),
-    # never a LIVE artifact without its files.
-    self._sink.mark_deleted(doomed)
-    for record in doomed:
-      shutil.rmtree(record.uri, ignore_errors=True)
-    _log.info("pruned checkpoints at steps %s", [r.step for r in doomed])
-
-  def _raise_finisher_errors(self) -> None:
-    still_pending = []
-    for future in self._pending:
-      if future.done():
-        future.result()  # re-raises a failure of an earlier save
-      else:
-        still_pending.append(future)
-    self._pending = still_pending
-
-  def _wait_for_saves(self) -> None:
-    for future in self._pending:
-      future.result()
-    self._pending = []
 
 
 def _default_progress() -> Callable[[str], None]:
