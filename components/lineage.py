@@ -38,10 +38,11 @@ EXECUTION = "execution"
 ARTIFACT_KEY_PROPERTIES = (
     "step", "epoch", "metrics", "span", "version", "split_names", "model_name",
     "pushed", "pushed_version", "label", "forced", "blessed", "reason",
-    "size_bytes", "protected")
+    "checkpoint_id", "checkpoint_step", "size_bytes", "protected", "fingerprint")
 EXECUTION_KEY_PROPERTIES = (
-    "fingerprint", "hyperparameters", "train_steps", "checkpoint_every",
-    "model_name", "label", "version", "previous_version", "reason", "forced",
+    "module", "fingerprint", "hyperparameters", "seed", "train_steps",
+    "checkpoint_every", "checkpoint_step", "model_name", "label", "version",
+    "previous_version", "blessed", "baseline_version", "reason", "forced",
     "outcome")
 _MAX_SHOWN_CHARS = 80
 
@@ -321,8 +322,10 @@ def _dot_quote(text: str) -> str:
 
 def to_dot(graph: LineageGraph) -> str:
   """Graphviz dot source: artifacts as boxes, executions as ellipses, edges
-  in data-flow direction labelled INPUT or OUTPUT. The target is bold."""
-  lines = ["digraph lineage {", "  rankdir=LR;",
+  in data-flow direction labelled INPUT or OUTPUT. The target is bold.
+  Drawn top to bottom (data at the top, the target at the bottom): lineage
+  chains are long, and a left-to-right drawing of one is too wide to read."""
+  lines = ["digraph lineage {", "  rankdir=TB;",
            '  node [fontname="Helvetica", fontsize=10];',
            '  edge [fontname="Helvetica", fontsize=9];']
   for node in graph.nodes.values():

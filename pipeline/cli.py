@@ -12,6 +12,7 @@ they are imported inside the handlers that need them.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -47,6 +48,176 @@ def _metadata_target(args) -> str:
 def _print_json(document) -> None:
   json.dump(document, sys.stdout, indent=2, sort_keys=True, default=str)
   sys.stdout.write("\n")
+
+
+# --- export, promote, rollback, lineage ----------------------------------------
+
+
+def _serving_root(args) -> str:
+  return os.path.abspath(args.serving_dir or os.path.join(_home(args), "serving"))
+
+
+def _open_existing_store(args):
+  from ckptflow.pipeline import metadata
+  return metadata.open_store(_metadata_target(args), create=False)
+
+
+def cmd_export(args) -> int:
+  from ckptflow.components import checkpoint_export
+  from ckptflow.pipeline import home_lock
+  store = _open_existing_store(args)
+  record = checkpoint_export.resolve_checkpoint(store, args.checkpoint)
+  with home_lock.shared(_home(args)):  # no repair runs while we write
+    exported = checkpoint_export.export_checkpoint(
+        store, record, export_root=os.path.join(_home(args), "pipeline_root",
+                                                checkpoint_export.EXPORT_DIR_NAME))
+  if args.json:
+    _print_json({"checkpoint": record.as_json(), "export": exported.as_json()})
+    return 0
+  how = "reused its export" if exported.reused else "exported as"
+  print(f"checkpoint {record.id} (step {record.step}): {how} Model "
+        f"{exported.model_artifact_id}")
+  print(f"saved model: {exported.saved_model_dir}")
+  return 0
+
+
+def cmd_promote(args) -> int:
+  from ckptflow.components import checkpoint_promotion
+  store = _open_existing_store(args)
+  result = checkpoint_promotion.promote_checkpoint(
+      store, args.checkpoint, home=_home(args), label=args.label, force=args.force,
+      config_path=args.config, model_name=args.model_name, serving_dir=args.serving_dir)
+  if args.json:
+    _print_json(result.as_json())
+  else:
+    for line in result.lines():
+      print(line)
+  # Not blessed is an outcome (recorded in MLMD), not an error: exit 1, not 2.
+  return 0 if result.pushed else 1
+
+
+def cmd_rollback(args) -> int:
+  from ckptflow.components import promotion
+  from ckptflow.components.pusher import serving
+  serving.validate_model_name(args.model)
+  from ckptflow.pipeline import home_lock
+  store = _open_existing_store(args)
+  root = _serving_root(args)
+  with home_lock.shared(_home(args)):  # no repair runs while we write
+    previous, current = promotion.rollback(store, root, args.model, args.to)
+  labels = promotion.current_labels(store, args.model)
+  if args.json:
+    _print_json({"model_name": args.model, "label": promotion.STABLE,
+                 "previous_version": previous, "version": current, "labels": labels,
+                 "models_config": serving.models_config_path(root)})
+  elif previous == current:
+    print(f"{args.model}: stable is already version {current}; models.config rewritten")
+  else:
+    print(f"{args.model}: stable moved from version {previous} to version {current}; "
+          f"models.config rewritten ({serving.models_config_path(root)})")
+  return 0
+
+
+def _write_output(path: str, text: str) -> None:
+  """Replaces `path` with `text` atomically (temp file + rename)."""
+  from ckptflow.pipeline.errors import CkptflowError
+  target = os.path.abspath(path)
+  tmp = f"{target}.tmp-{os.getpid()}"
+  try:
+    with open(tmp, "w", encoding="utf-8") as f:
+      f.write(text)
+    os.replace(tmp, target)
+  except OSError as e:
+    with contextlib.suppress(OSError):
+      os.unlink(tmp)
+    raise CkptflowError(f"cannot write {path!r}: {e.strerror or e}") from e
+
+
+def cmd_lineage(args) -> int:
+  from ckptflow.components import lineage
+  store = _open_existing_store(args)
+  graph = lineage.lineage(store, args.target, max_nodes=args.max_nodes)
+  fmt = "json" if args.json else args.format
+  if fmt == "json":
+    text = json.dumps(lineage.to_json(graph), indent=2, sort_keys=True, default=str) + "\n"
+  elif fmt == "dot":
+    text = lineage.to_dot(graph)
+  elif fmt == "svg":
+    text = lineage.to_svg(graph)
+  else:
+    text = lineage.to_text(graph)
+  if args.out:
+    _write_output(args.out, text)
+    print(f"wrote {fmt} lineage of {graph.target} ({len(graph.nodes)} nodes) to "
+          f"{os.path.abspath(args.out)}", file=sys.stderr)
+  else:
+    sys.stdout.write(text)
+  return 0
+
+
+def _add_serving_commands(commands) -> None:
+  export = commands.add_parser(
+      "export", help="export a checkpoint as a SavedModel Model artifact",
+      description="Rebuild the model from the module and hyperparameters its Trainer "
+      "recorded, restore CHECKPOINT, write a SavedModel (signatures serving_default "
+      "on serialized tf.Example and serving_raw on features) and record a Model "
+      "artifact whose execution has the Checkpoint as INPUT. An earlier export of "
+      "the same checkpoint is reused. The checkpoint is protected from pruning.")
+  _add_home(export)
+  export.add_argument("checkpoint", metavar="CHECKPOINT",
+                      help="a Checkpoint artifact id, step:N (latest run), best or latest")
+  export.add_argument("--json", action="store_true", help="one JSON document on stdout")
+  export.set_defaults(handler=cmd_export)
+
+  promote = commands.add_parser(
+      "promote", help="export, evaluate and push a checkpoint to TF Serving",
+      description="Export CHECKPOINT (or reuse its export), evaluate it with the "
+      "pipeline's TFMA EvalConfig against the version labelled stable (recorded as "
+      "a ModelBlessing), and push it as the next version with the label if blessed, "
+      "or with --force. Exit 0 when pushed; 1 when not blessed (recorded in MLMD, "
+      "nothing pushed); 2 on bad input.")
+  _add_home(promote)
+  promote.add_argument("checkpoint", metavar="CHECKPOINT",
+                       help="a Checkpoint artifact id, step:N (latest run), best or latest")
+  promote.add_argument("--label", choices=("stable", "canary"), default="stable",
+                       help="version label the push assigns (default: stable)")
+  promote.add_argument("--force", action="store_true",
+                       help="push even if not blessed (recorded as forced)")
+  promote.add_argument("--config", help="TOML config for the blessing rule and model "
+                       "name (default: what the checkpoint's pipeline run recorded)")
+  promote.add_argument("--model-name", help="served model name (default: the run's)")
+  promote.add_argument("--serving-dir", help="TF Serving root (default: HOME/serving)")
+  promote.add_argument("--json", action="store_true", help="one JSON document on stdout")
+  promote.set_defaults(handler=cmd_promote)
+
+  rollback = commands.add_parser(
+      "rollback", help="move a model's stable label back",
+      description="Move the stable label of MODEL back to the previous stable "
+      "version (or --to VERSION), recorded as an MLMD execution, and rewrite "
+      "models.config.")
+  _add_home(rollback)
+  rollback.add_argument("model", metavar="MODEL", help="served model name")
+  rollback.add_argument("--to", type=int, metavar="VERSION",
+                        help="the served version to roll back to")
+  rollback.add_argument("--serving-dir", help="TF Serving root (default: HOME/serving)")
+  rollback.add_argument("--json", action="store_true", help="one JSON document on stdout")
+  rollback.set_defaults(handler=cmd_rollback)
+
+  lineage = commands.add_parser(
+      "lineage", help="where a served model or artifact came from",
+      description="Walk MLMD events upstream from TARGET: served version -> "
+      "PushedModel -> Model -> Checkpoint -> Trainer execution -> Examples/Schema "
+      "-> ExampleGen.")
+  _add_home(lineage)
+  lineage.add_argument("target", metavar="TARGET",
+                       help="a served MODEL:VERSION, or an artifact id")
+  lineage.add_argument("--format", choices=("text", "json", "dot", "svg"), default="text",
+                       help="svg is drawn by Graphviz `dot` (default: text)")
+  lineage.add_argument("--json", action="store_true", help="same as --format json")
+  lineage.add_argument("--out", metavar="FILE", help="write to FILE instead of stdout")
+  lineage.add_argument("--max-nodes", type=int, default=500,
+                       help="stop the walk after this many nodes (default: 500)")
+  lineage.set_defaults(handler=cmd_lineage)
 
 
 # --- run -------------------------------------------------------------------
@@ -310,6 +481,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="do not re-hash LIVE checkpoints (only check they exist)")
   doctor.add_argument("--json", action="store_true", help="one JSON document on stdout")
   doctor.set_defaults(handler=cmd_doctor)
+  _add_serving_commands(commands)
   _add_kubeflow_commands(commands)
   return parser
 
