@@ -21,6 +21,10 @@ checkpoint-missing a LIVE Checkpoint whose directory is   mark it DELETED,
                    gone                                   with the reason
 checkpoint-corrupt a LIVE Checkpoint whose files do not   mark it ABANDONED,
                    match its recorded sha256              keep the files
+export-staging     an unfinished `ckptflow export`       delete it
+export-orphan      an exported SavedModel no Model       delete it
+                   artifact names (killed before its
+                   record)
 push-staging       a push's staging directory whose      delete it
                    push is dead
 version-unrecorded a served version directory without a  unlist it from
@@ -78,12 +82,17 @@ _log = logging.getLogger(__name__)
 CHECKPOINTS_DIR = "checkpoints"
 CHECKPOINT_DIR_RE = re.compile(r"step-\d+")
 CHECKPOINT_STAGING_SUFFIX = ".staging"
+# `ckptflow export`'s layout (components/checkpoint_export.py):
+# pipeline_root/CheckpointExport/checkpoint-<id>/export-<time>[.staging].
+EXPORT_DIR = "CheckpointExport"
+EXPORT_PREFIX = "export-"
 
 _UNPUBLISH_PREFIX = ".unrecorded-"
 
 KINDS = ("checkpoint-staging", "checkpoint-orphan", "checkpoint-pruned",
-         "checkpoint-missing", "checkpoint-corrupt", "push-staging",
-         "version-unrecorded", "version-missing", "models-config")
+         "checkpoint-missing", "checkpoint-corrupt", "export-staging",
+         "export-orphan", "push-staging", "version-unrecorded", "version-missing",
+         "models-config")
 
 
 @dataclasses.dataclass
@@ -220,6 +229,33 @@ def _check_checkpoints(store, where: Home, verify_checksums: bool) -> list[Findi
   return findings
 
 
+def _check_exports(store, where: Home) -> list[Finding]:
+  root = os.path.join(where.pipeline_root, EXPORT_DIR)
+  exports = []
+  with contextlib.suppress(FileNotFoundError):
+    for checkpoint_dir in sorted(os.scandir(root), key=lambda e: e.name):
+      if not checkpoint_dir.is_dir():
+        continue
+      for entry in sorted(os.scandir(checkpoint_dir.path), key=lambda e: e.name):
+        if entry.is_dir() and entry.name.startswith(EXPORT_PREFIX):
+          exports.append(entry.path)
+  if not exports:
+    return []
+  models = metadata.query(lambda: store.get_artifacts_by_type("Model"),
+                          what="listing Model artifacts")
+  recorded = {os.path.abspath(m.uri) for m in models}
+  findings = []
+  for path in exports:
+    if path.endswith(CHECKPOINT_STAGING_SUFFIX):
+      findings.append(Finding("export-staging", path,
+                              "unfinished export (its process died)", "deleted"))
+    elif path not in recorded:
+      findings.append(Finding(
+          "export-orphan", path, "exported SavedModel has no Model artifact (its "
+          "process died before recording it)", "deleted"))
+  return findings
+
+
 def _model_names(serving_root: str) -> list[str]:
   try:
     entries = sorted(os.scandir(serving_root), key=lambda e: e.name)
@@ -316,7 +352,7 @@ def check(store: metadata_store.MetadataStore, where: Home, *,
   exist.
   """
   return (_check_checkpoints(store, where, verify_checksums)
-          + _check_serving(store, where))
+          + _check_exports(store, where) + _check_serving(store, where))
 
 
 # --- repairs -----------------------------------------------------------------
@@ -349,7 +385,7 @@ def _mark_deleted(store, artifact_id: int, reason: str) -> None:
 def _apply(store, where: Home, finding: Finding) -> None:
   kind = finding.kind
   if kind in ("checkpoint-staging", "checkpoint-orphan", "checkpoint-pruned",
-              "push-staging"):
+              "export-staging", "export-orphan", "push-staging"):
     _remove_tree(finding.subject)
   elif kind == "checkpoint-missing":
     ckpt_records.set_states(store, [finding.artifact_id],
@@ -379,7 +415,8 @@ def _apply(store, where: Home, finding: Finding) -> None:
 # version directory that is gone.
 _REPAIR_ORDER = ("checkpoint-missing", "checkpoint-corrupt", "version-missing",
                  "checkpoint-staging", "checkpoint-orphan", "checkpoint-pruned",
-                 "push-staging", "models-config", "version-unrecorded")
+                 "export-staging", "export-orphan", "push-staging", "models-config",
+                 "version-unrecorded")
 
 
 def repair(store: metadata_store.MetadataStore, where: Home,
@@ -432,14 +469,15 @@ def recover(target: str, where: Home) -> list[Finding]:
   killed commands left (every finding but checksum mismatches, which would
   cost a read of every checkpoint), if no other command is writing in the
   home; otherwise does nothing. Returns what it repaired."""
-  if not os.path.isdir(where.home):
-    return []
+  path = metadata.sqlite_path(target)
+  if not os.path.isdir(where.home) or (path is not None and not os.path.isfile(path)):
+    return []  # nothing was ever written here
   with home_lock.exclusive_if_idle(where.home) as idle:
     if not idle:
       _log.info("another ckptflow command is writing in %s; skipping recovery",
                 where.home)
       return []
-    store = metadata.open_store(target)
+    store = metadata.open_store(target, create=False)
     findings = repair(store, where, check(store, where, verify_checksums=False))
   for finding in findings:
     _log.warning("recovered from an earlier crash: %s %s (%s)", finding.kind,

@@ -47,11 +47,15 @@ def _open(home: str, *, create: bool) -> int | None:
 def shared(home: str) -> Iterator[None]:
   """Holds the home's shared lock: "a ckptflow command is writing here".
 
-  Blocks while a recovery holds the exclusive lock.
+  Blocks while a recovery holds the exclusive lock. A home that does not
+  exist yet has nothing to protect: nothing is locked (or created).
 
   Raises:
     CkptflowError: the lock file cannot be created in `home`.
   """
+  if not os.path.isdir(home):
+    yield
+    return
   fd = _open(home, create=True)
   assert fd is not None
   try:

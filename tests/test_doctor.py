@@ -254,3 +254,18 @@ def test_digest_matches_the_trainers_on_a_real_checkpoint(tmp_path):
   tf.train.Checkpoint(v=tf.Variable([1.0, 2.0, 3.0])).write(
       checkpoint_files.prefix(str(directory)))
   assert doctor.checkpoint_digest(str(directory)) == checkpoint_files.digest(str(directory))
+
+
+def test_unfinished_and_unrecorded_exports_are_found_and_deleted(toy):
+  exports = toy.home / "pipeline_root" / "CheckpointExport" / "checkpoint-1"
+  staging = exports / "export-20260101T000000000000.staging"
+  orphan = exports / "export-20260101T000001000000"
+  recorded = exports / "export-20260101T000002000000"
+  for path in (staging, orphan, recorded):
+    (path / "Format-Serving").mkdir(parents=True)
+  from reliability_support import put_model
+  put_model(toy.store, str(recorded))
+  assert kinds(toy.findings()) == ["export-orphan", "export-staging"]
+  toy.findings(fix=True)
+  assert not staging.exists() and not orphan.exists() and recorded.exists()
+  assert toy.findings() == []
