@@ -613,7 +613,8 @@ def sync_models_config(store: metadata_store.MetadataStore, serving_root: str, *
 def promote(store: metadata_store.MetadataStore, *, saved_model_dir: str,
             serving_root: str, model_name: str, model_artifact_id: int,
             label: str = STABLE, forced: bool = False,
-            blessing_artifact_id: int | None = None) -> ServedRecord:
+            blessing_artifact_id: int | None = None,
+            required_signature: str | None = None) -> ServedRecord:
   """Pushes a SavedModel, records the push (which assigns `label`), and
   rewrites models.config.
 
@@ -622,11 +623,17 @@ def promote(store: metadata_store.MetadataStore, *, saved_model_dir: str,
   between steps leaves a state the next sync repairs: an unrecorded version
   directory is never loaded (models.config lists versions explicitly).
 
+  With `required_signature` (e.g. "serving_default"), a SavedModel without
+  that signature is refused before anything is written.
+
   Raises:
-    ServingError, MetadataError: as `push_saved_model`, `record_push`.
+    ServingError, MetadataError: as `push_saved_model`, `record_push`, and
+      `serving.check_signature`.
   """
   serving.validate_model_name(model_name)
   serving.validate_label(label)
+  if required_signature:
+    serving.check_signature(saved_model_dir, required_signature)
   _check_inputs(store, model_artifact_id, blessing_artifact_id, forced)
   reserved = [r.version for r in served_versions(store, model_name)]
   served = serving.push_saved_model(saved_model_dir, serving_root, model_name,

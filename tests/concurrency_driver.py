@@ -63,7 +63,7 @@ def main() -> int:
     record = promotion.promote(store, saved_model_dir=args.saved_model,
                                serving_root=str(home / "serving"),
                                model_name=args.model_name, model_artifact_id=model_id,
-                               forced=True)
+                               forced=True, required_signature="serving_default")
   print(json.dumps({"event": "done", "worker": args.worker,
                     "execution_id": execution_id, "checkpoint_ids": ids,
                     "version": record.version, "pushed_artifact_id": record.artifact_id}),

@@ -364,3 +364,43 @@ def test_missing_mysql_database_is_not_created_by_a_listing(mysql_database):
   assert_fails_cleanly(result, "cannot open metadata store")
   databases = mysql_admin("SHOW DATABASES").stdout.split()
   assert absent not in databases
+
+
+SAVED_MODEL_WITHOUT_SIGNATURE = """
+import sys
+import tensorflow as tf
+
+class Model(tf.Module):
+  def __init__(self):
+    self.w = tf.Variable(tf.ones([4, 3]))
+
+  @tf.function(input_signature=[tf.TensorSpec([None, 4], tf.float32)])
+  def predict(self, x):
+    return tf.matmul(x, self.w)
+
+model = Model()
+# A signature under another name only: TF Serving's clients and TFMA ask
+# for serving_default.
+tf.saved_model.save(model, sys.argv[1], signatures={"predict": model.predict})
+"""
+
+
+def test_saved_model_without_serving_default_signature_is_refused_and_nothing_written(
+    tmp_path, toy):
+  source = tmp_path / "no_signature"
+  subprocess.run([os.sys.executable, "-c", SAVED_MODEL_WITHOUT_SIGNATURE, str(source)],
+                 check=True, capture_output=True, timeout=300)
+  from reliability_support import put_model
+  model_id = put_model(toy.store, str(source))
+  before_files = snapshot(toy.home)
+  before_mlmd = mlmd_counts(toy.target)
+  driver = pathlib.Path(__file__).parent / "promote_driver.py"
+  result = subprocess.run(
+      [os.sys.executable, str(driver), "--home", str(toy.home), "--model-id",
+       str(model_id), "--saved-model", str(source)],
+      capture_output=True, text=True, timeout=120,
+      env=os.environ | {"PYTHONPATH": str(driver.parent)})
+  last = assert_fails_cleanly(result, "has no 'serving_default' signature (it has: predict)")
+  assert str(source) in last
+  assert snapshot(toy.home) == before_files
+  assert mlmd_counts(toy.target) == before_mlmd

@@ -346,6 +346,78 @@ def _check_saved_model(saved_model_dir: str) -> str:
   return source
 
 
+def _varint(data: bytes, pos: int) -> tuple[int, int]:
+  value = shift = 0
+  while True:
+    if pos >= len(data):
+      raise ValueError("truncated varint")
+    byte = data[pos]
+    pos += 1
+    value |= (byte & 0x7F) << shift
+    if not byte & 0x80:
+      return value, pos
+    shift += 7
+
+
+def saved_model_signatures(saved_model_dir: str, tag: str = "serve") -> set[str]:
+  """Names of the signatures of the MetaGraph tagged `tag` (what TF Serving
+  loads) in the SavedModel at `saved_model_dir`, read without TensorFlow.
+
+  saved_model.pb is a `SavedModel` proto: field 2 holds MetaGraphDefs, which
+  TensorBoard's copy of the TF protos parses (package `tensorboard`, so it
+  never clashes with TensorFlow's own).
+
+  Raises:
+    ServingError: the directory is not a SavedModel, or saved_model.pb does
+      not parse.
+  """
+  from tensorboard.compat.proto import meta_graph_pb2
+  from google.protobuf.message import DecodeError
+  path = os.path.join(_check_saved_model(saved_model_dir), SAVED_MODEL_PB)
+  with open(path, "rb") as f:
+    data = f.read()
+  names: set[str] = set()
+  pos = 0
+  try:
+    while pos < len(data):
+      key, pos = _varint(data, pos)
+      field, wire_type = key >> 3, key & 7
+      if wire_type == 0:
+        _, pos = _varint(data, pos)
+      elif wire_type == 1:
+        pos += 8
+      elif wire_type == 5:
+        pos += 4
+      elif wire_type == 2:
+        length, pos = _varint(data, pos)
+        chunk, pos = data[pos:pos + length], pos + length
+        if field == 2:
+          meta_graph = meta_graph_pb2.MetaGraphDef()
+          meta_graph.ParseFromString(chunk)
+          if tag in meta_graph.meta_info_def.tags:
+            names |= set(meta_graph.signature_def)
+      else:
+        raise ValueError(f"wire type {wire_type}")
+      if pos > len(data):
+        raise ValueError("truncated field")
+  except (ValueError, DecodeError) as e:
+    raise ServingError(f"{path!r} is not a SavedModel proto ({e}). Expected a "
+                       "tf.saved_model export") from e
+  return names
+
+
+def check_signature(saved_model_dir: str, signature: str = "serving_default") -> None:
+  """Raises ServingError unless the SavedModel's `serve` MetaGraph has
+  `signature` (TF Serving's default signature, which clients and TFMA use)."""
+  # `__saved_model_init_op` and the like are TF's internals, not signatures.
+  found = {n for n in saved_model_signatures(saved_model_dir) if not n.startswith("__")}
+  if signature not in found:
+    raise ServingError(
+        f"SavedModel {saved_model_dir!r} has no {signature!r} signature (it has: "
+        f"{', '.join(sorted(found)) or 'none'}). Expected a SavedModel exported "
+        f"with a {signature!r} signature")
+
+
 def _copy_file(src: str, dst: str) -> None:
   with open(src, "rb") as fin, open(dst, "xb") as fout:
     shutil.copyfileobj(fin, fout, 1 << 20)
@@ -560,8 +632,10 @@ def read_models_config(serving_root: str) -> dict[str, ModelServingState]:
 
 
 __all__ = [
-    "ModelServingState", "ServedVersion", "build_models_config", "list_versions",
+    "ModelServingState", "ServedVersion", "build_models_config", "check_signature",
+    "list_versions",
     "model_dir", "models_config_lock", "models_config_path", "push_saved_model",
-    "read_models_config", "stale_staging_dirs", "validate_label",
+    "read_models_config", "saved_model_signatures", "stale_staging_dirs",
+    "validate_label",
     "validate_model_name", "version_path", "write_models_config",
 ]
