@@ -170,6 +170,20 @@ def missing_store(tmp_path, toy):
   return ["checkpoints", "--home", str(tmp_path / "nowhere")], [tmp_path / "nowhere"], {}
 
 
+def on_toy(*args):
+  """A case running `ckptflow ARGS --home HOME` on the toy home."""
+  return lambda tmp_path, toy: ([*args, "--home", str(toy.home)], [], {})
+
+
+def on_pruned_checkpoint(command):
+  def build(tmp_path, toy):
+    record = ckpt_records.list_checkpoints(toy.store)[0]
+    ckpt_records.set_states(toy.store, [record.id], metadata_store_pb2.Artifact.DELETED)
+    shutil.rmtree(record.uri)
+    return [command, str(record.id), "--home", str(toy.home)], [], {}
+  return build
+
+
 CASES = [
     # --- data ---------------------------------------------------------------
     Case("csv-unterminated-quote", "is not valid CSV",
@@ -243,6 +257,22 @@ CASES = [
          warm_start_corrupted),
     Case("warm-start-latest-without-checkpoints", "holds no live checkpoint",
          warm_start_latest_on_new_home),
+    Case("promote-unknown-id", "no artifact with id 987654", on_toy("promote", "987654")),
+    Case("promote-pruned-checkpoint", "is DELETED: its files are gone",
+         on_pruned_checkpoint("promote")),
+    Case("export-pruned-checkpoint", "is DELETED: its files are gone",
+         on_pruned_checkpoint("export")),
+    Case("export-malformed-id", "checkpoint 'step:abc' is not valid",
+         on_toy("export", "step:abc")),
+    Case("promote-model-name-traversal", "model name '../../x' is not valid",
+         on_toy("promote", "1", "--model-name", "../../x")),
+    Case("rollback-to-unserved-version", "cannot roll back 'penguin' to version 99",
+         on_toy("rollback", "penguin", "--to", "99")),
+    Case("rollback-model-name-traversal", "model name '../x' is not valid",
+         on_toy("rollback", "../x")),
+    Case("lineage-unknown-version", "model 'nomodel' has no served version 3",
+         on_toy("lineage", "nomodel:3")),
+    Case("lineage-unknown-id", "no artifact with id 99999", on_toy("lineage", "99999")),
     # --- metadata store -------------------------------------------------------
     Case("corrupted-sqlite-run", "cannot open metadata store", corrupted_sqlite),
     Case("corrupted-sqlite-listing", "cannot open metadata store", corrupted_sqlite_listing),
