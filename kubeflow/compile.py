@@ -13,7 +13,9 @@ The data location is the runtime parameter `data_root` (default: the
 config's data directory, if any) and the pipeline root is chosen per run
 (`ckptflow submit --pipeline-root`, KFP's default otherwise), so one
 compiled spec serves many runs. Every task runs `image` (built from
-`kubeflow/Dockerfile`). Both files are written to a temporary name and
+`kubeflow/Dockerfile`), with the `--env` variables given. The Trainer task
+has a retry policy: KFP retries a failed (preempted) Trainer pod, which
+resumes from the run's last registered checkpoint. Both files are written to a temporary name and
 renamed, so a failed compile leaves no half-written spec.
 
 TFX is imported inside `compile_pipeline` only.
@@ -28,11 +30,13 @@ import os
 import re
 import tempfile
 import warnings
+from typing import Mapping, Sequence
 
 import yaml
 from google.protobuf import json_format
 from kfp.pipeline_spec import pipeline_spec_pb2
 
+from ckptflow.pipeline import metadata
 from ckptflow.pipeline.config import PipelineConfig
 from ckptflow.pipeline.errors import CkptflowError
 
@@ -40,6 +44,10 @@ _log = logging.getLogger(__name__)
 
 IMAGE_ENV = "CKPTFLOW_IMAGE"
 DATA_ROOT_PARAMETER = "data_root"
+TRAINER_TASK = "CheckpointingTrainer"
+# A preempted Trainer pod is retried and resumes from its last checkpoint.
+DEFAULT_TRAINER_RETRIES = 3
+_ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 KUBEFLOW_TARGETS = ("kubeflow", "vertex")
 JSON_NAME = "pipeline.json"
 YAML_NAME = "pipeline.yaml"
@@ -82,6 +90,34 @@ def resolve_image(image: str | None) -> str:
   return chosen
 
 
+def parse_env(pairs: Sequence[str]) -> dict[str, str]:
+  """`NAME=VALUE` pairs for every task's container environment.
+
+  Raises:
+    CompileError: a pair is malformed, or a metadata target in it holds a
+      password (a compiled spec is not a secret store).
+  """
+  env = {}
+  for pair in pairs:
+    name, sep, value = pair.partition("=")
+    if not sep or not _ENV_NAME_RE.match(name):
+      raise CompileError(f"--env {pair!r} is not NAME=VALUE with NAME an environment "
+                         "variable name")
+    if "://" in value and metadata.describe(value) != value:
+      raise CompileError(f"--env {name} holds a password ({metadata.describe(value)}); a "
+                         "compiled spec is not a secret store. Set it on the task pods "
+                         "from a Kubernetes Secret instead (kubeflow/README.md)")
+    env[name] = value
+  return env
+
+
+def _retry_policy(retries: int) -> dict:
+  """KFP's task retry policy: `retries` more attempts, backing off 30 s,
+  60 s, ... up to 10 minutes."""
+  return {"maxRetryCount": retries, "backoffDuration": "30s", "backoffFactor": 2.0,
+          "backoffMaxDuration": "600s"}
+
+
 def _add_parameter_default(job: dict, name: str, value: str) -> None:
   """TFX compiles runtime parameters without their default; KFP's client
   and UI read it from the spec's root inputDefinitions."""
@@ -118,7 +154,9 @@ def _write_atomically(out_dir: str, files: dict[str, str]) -> None:
 
 def build_job(config: PipelineConfig, *, image: str, target: str = "kubeflow",
               feature_keys: tuple[str, ...] | None = None,
-              pipeline_root: str | None = None) -> dict:
+              pipeline_root: str | None = None,
+              trainer_retries: int = DEFAULT_TRAINER_RETRIES,
+              env: Mapping[str, str] | None = None) -> dict:
   """The compiled `PipelineJob` as a dict (nothing written).
 
   Args:
@@ -129,7 +167,15 @@ def build_job(config: PipelineConfig, *, image: str, target: str = "kubeflow",
       the data in `config.data.path`.
     pipeline_root: the default pipeline root written to `runtimeConfig`
       (none by default: KFP's own default root applies).
+    trainer_retries: how often KFP retries a failed (preempted) Trainer
+      task, each retry resuming from the last registered checkpoint.
+    env: environment variables for every task's container (see
+      `parse_env`), e.g. CKPTFLOW_METADATA.
   """
+  if isinstance(trainer_retries, bool) or not isinstance(trainer_retries, int) \
+      or trainer_retries < 0:
+    raise CompileError(f"trainer retries is {trainer_retries!r}. Expected a "
+                       "non-negative integer")
   if target not in KUBEFLOW_TARGETS:
     raise CompileError(f"target {target!r} is unknown. Expected one of "
                        f"{', '.join(KUBEFLOW_TARGETS)}")
@@ -155,6 +201,13 @@ def build_job(config: PipelineConfig, *, image: str, target: str = "kubeflow",
       {DATA_ROOT_PARAMETER: data_default} if data_default else None), write_out=False)
   if data_default:
     _add_parameter_default(job, DATA_ROOT_PARAMETER, data_default)
+  if trainer_retries:
+    job["pipelineSpec"]["root"]["dag"]["tasks"][TRAINER_TASK]["retryPolicy"] = (
+        _retry_policy(trainer_retries))
+  if env:
+    for executor in job["pipelineSpec"]["deploymentSpec"]["executors"].values():
+      if "container" in executor:
+        executor["container"]["env"] = [{"name": k, "value": v} for k, v in sorted(env.items())]
   # What we write must be what KFP reads: parse it back, unknown fields fatal.
   json_format.ParseDict(job["pipelineSpec"], pipeline_spec_pb2.PipelineSpec(),
                         ignore_unknown_fields=False)
@@ -164,7 +217,9 @@ def build_job(config: PipelineConfig, *, image: str, target: str = "kubeflow",
 def compile_pipeline(config: PipelineConfig, out_dir: str, *, image: str | None,
                      target: str = "kubeflow",
                      feature_keys: tuple[str, ...] | None = None,
-                     pipeline_root: str | None = None) -> CompiledSpec:
+                     pipeline_root: str | None = None,
+                     trainer_retries: int = DEFAULT_TRAINER_RETRIES,
+                     env: Mapping[str, str] | None = None) -> CompiledSpec:
   """Compiles `config` and writes `out_dir/pipeline.json` and `.yaml`.
 
   Raises:
@@ -177,7 +232,7 @@ def compile_pipeline(config: PipelineConfig, out_dir: str, *, image: str | None,
   if os.path.exists(out_dir) and not os.path.isdir(out_dir):
     raise CompileError(f"output directory {out_dir!r} is a file")
   job = build_job(config, image=image, target=target, feature_keys=feature_keys,
-                  pipeline_root=pipeline_root)
+                  pipeline_root=pipeline_root, trainer_retries=trainer_retries, env=env)
   try:
     os.makedirs(out_dir, exist_ok=True)
   except OSError as e:

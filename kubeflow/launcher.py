@@ -23,6 +23,10 @@ dependency order, what KFP's driver and launcher do for a container task:
    properties; state LIVE; OUTPUT events keyed by output name) and mark the
    execution COMPLETE, or FAILED if the process failed or was killed.
 
+A task that fails is run again as its `retryPolicy` allows (the compiled
+Trainer task has one), each time as a new attempt with fresh output URIs;
+KFP waits the policy's backoff first, this launcher does not.
+
 Not done, as on open-source KFP: `resolver` and `importer` executors are
 refused; container `lifecycle` hooks (Vertex's pre-cache check) are not
 run; there is no caching (every task runs). Running one task again in an
@@ -158,7 +162,8 @@ class LocalRun:
 
   def __init__(self, loaded: spec_lib.LoadedSpec, *, pipeline_root: str, store_target: str,
                run_id: str | None = None, parameters: Mapping[str, str] | None = None,
-               env: Mapping[str, str] | None = None, task_timeout: float | None = None):
+               env: Mapping[str, str] | None = None, task_timeout: float | None = None,
+               retries: bool = True):
     self._loaded = loaded
     self._spec = loaded.spec
     self._deployment = loaded.deployment()
@@ -177,6 +182,7 @@ class LocalRun:
     self._store = metadata.open_store(store_target)
     self._env = dict(env or {})
     self._timeout = task_timeout
+    self._retries = retries
     self._parameters = self._resolve_pipeline_parameters(parameters or {})
     self._child: subprocess.Popen | None = None
 
@@ -228,7 +234,7 @@ class LocalRun:
     results = []
     try:
       for name in order:
-        results.append(self._run_task(name, contexts, dag_id))
+        results.append(self._run_with_retries(name, contexts, dag_id))
     except TaskFailed:
       self._close_dag(dag_id, metadata_store_pb2.Execution.FAILED)
       raise
@@ -344,6 +350,20 @@ class LocalRun:
     execution_id, _, _ = retry(lambda: self._store.put_execution(
         execution, [], contexts, force_reuse_context=True), what="recording the run")
     return execution_id
+
+  def _run_with_retries(self, name: str, contexts, dag_id: int) -> TaskResult:
+    """Runs `name`, and again after a failure as its retryPolicy allows (KFP
+    waits the policy's backoff first; here the retry starts at once)."""
+    policy = self._spec.root.dag.tasks[name].retry_policy
+    retries = policy.max_retry_count if self._retries else 0
+    for attempt in range(retries + 1):
+      try:
+        return self._run_task(name, contexts, dag_id)
+      except TaskFailed as e:
+        if attempt == retries:
+          raise
+        _log.warning("%s; retry %d/%d", e, attempt + 1, retries)
+    raise AssertionError("unreachable")
 
   def _close_dag(self, dag_id: int, state: int) -> None:
     [dag] = retry(lambda: self._store.get_executions_by_id([dag_id]), what="reading the run")
@@ -678,6 +698,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                       "have completed in the run")
   parser.add_argument("--param", action="append", default=[], help="NAME=VALUE")
   parser.add_argument("--task-timeout", type=float, default=None, help="seconds per task")
+  parser.add_argument("--no-retries", action="store_true",
+                      help="ignore the tasks' retry policies (a failed task ends the run)")
   args = parser.parse_args(argv)
   logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
                       format="%(asctime)s %(levelname).1s launcher: %(message)s")
@@ -689,7 +711,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                           f"{metadata.METADATA_ENV}")
     run = LocalRun(spec_lib.load(args.spec), pipeline_root=args.pipeline_root,
                    store_target=target, run_id=args.run_id,
-                   parameters=_parse_params(args.param), task_timeout=args.task_timeout)
+                   parameters=_parse_params(args.param), task_timeout=args.task_timeout,
+                   retries=not args.no_retries)
     print(json.dumps({"run_id": run.run_id, "run_root": run.run_root}), flush=True)
     for result in run.run(args.task or None):
       print(json.dumps(dataclasses.asdict(result), sort_keys=True), flush=True)

@@ -332,6 +332,7 @@ def _kubeflow_dir(args) -> str:
 def cmd_compile(args) -> int:
   from ckptflow.kubeflow import compile as kfp_compile
   image = kfp_compile.resolve_image(args.image)  # before any slow import
+  kfp_compile.parse_env(args.env)
   args.metadata, args.orchestrator, args.async_checkpoint = None, None, False
   config = _config_from_args(args, sample_data=False)
   features = None
@@ -346,7 +347,8 @@ def cmd_compile(args) -> int:
   config = config.replace(**overrides)
   compiled = kfp_compile.compile_pipeline(
       config, args.out or _kubeflow_dir(args), image=image, target=args.target,
-      feature_keys=features, pipeline_root=args.pipeline_root)
+      feature_keys=features, pipeline_root=args.pipeline_root,
+      trainer_retries=args.trainer_retries, env=kfp_compile.parse_env(args.env))
   print(f"compiled {len(compiled.tasks)} tasks for {compiled.target}: "
         f"{compiled.json_path} and {compiled.yaml_path} (image {compiled.image})")
   return 0
@@ -385,6 +387,13 @@ def _add_kubeflow_commands(commands) -> None:
   compile_.add_argument("--serving-dir", help="TF Serving root the Pusher writes to, "
                         "reachable from every task (default: the config's)")
   compile_.add_argument("--pipeline-name", help="pipeline name (default: the config's)")
+  compile_.add_argument("--env", action="append", default=[],
+                        help="NAME=VALUE in every task's environment, e.g. "
+                        "CKPTFLOW_METADATA=grpc://metadata-grpc-service.kubeflow:8080 "
+                        "(repeatable; no passwords)")
+  compile_.add_argument("--trainer-retries", type=int, default=3,
+                        help="KFP retries of a failed (preempted) Trainer task; each "
+                        "resumes from the last checkpoint (default: 3)")
   compile_.add_argument("--config", help="TOML config file")
   compile_.add_argument("--data", help="directory of CSV files: read for the columns, "
                         "and the default of data_root")

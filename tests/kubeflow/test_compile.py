@@ -66,9 +66,13 @@ def test_open_source_target_has_no_resolver_and_looks_up_its_baseline(compiled):
       "ckptflow.kubeflow.components.KubeflowEvaluatorExecutor")
 
 
-def test_trainer_task_gets_the_kfp_run_id_and_declares_its_checkpoints(compiled):
+def test_trainer_task_gets_the_kfp_run_id_a_retry_policy_and_declares_its_checkpoints(
+    compiled):
   out, _ = compiled
   spec = json.loads((out / "pipeline.json").read_text())["pipelineSpec"]
+  tasks = spec["root"]["dag"]["tasks"]
+  assert tasks["CheckpointingTrainer"]["retryPolicy"]["maxRetryCount"] == 3
+  assert [t for t in tasks if "retryPolicy" in tasks[t]] == ["CheckpointingTrainer"]
   parameters = spec["root"]["dag"]["tasks"]["CheckpointingTrainer"]["inputs"]["parameters"]
   assert parameters["kfp_run_id"] == {"runtimeValue": {"constant": "{{$.pipeline_job_uuid}}"}}
   assert parameters["kfp_task_name"] == {"runtimeValue": {"constant": "CheckpointingTrainer"}}
@@ -128,6 +132,9 @@ def test_vertex_target_keeps_the_resolver_nodes(penguins_dir):
     (["--image", "Not An Image"], {}, "image 'Not An Image' is not a container image"),
     (["--image", "registry.example.com/ckptflow:1"], {},
      "compile needs the feature columns: pass --data DIR"),
+    (["--image", "registry.example.com/ckptflow:1", "--features", "a,b",
+      "--env", "CKPTFLOW_METADATA=mysql://root:s3cret@db:3306/mlmd"], {},
+     "--env CKPTFLOW_METADATA holds a password (mysql://root:***@db:3306/mlmd)"),
 ])
 def test_compile_bad_input_fails_with_one_line_and_writes_nothing(tmp_path, flags, env, expected):
   out = tmp_path / "out"
@@ -136,4 +143,5 @@ def test_compile_bad_input_fails_with_one_line_and_writes_nothing(tmp_path, flag
   lines = result.stderr.strip().splitlines()
   assert result.returncode == 2
   assert len(lines) == 1 and lines[0].startswith("ckptflow: error: ") and expected in lines[0]
+  assert "s3cret" not in result.stderr
   assert not out.exists()
