@@ -13,8 +13,10 @@ number; every label an integer class id in [0, num_classes). At least one
 data row overall.
 
 Cost: one streaming pass over every file with Python's `csv` module, in
-constant memory; roughly 1 s per million fields on these machines (a
-10-column, 100k-row file takes about a second).
+constant memory: about 2 s per million fields on these (busy, 2-core)
+machines, a third of it the CSV parsing itself (200,000 rows of 5 columns:
+2.3 s). Rows are checked on a fast path and diagnosed field by field only
+when one is bad.
 
 Imports neither TensorFlow nor TFX.
 """
@@ -24,6 +26,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import math
+import operator
 from typing import Sequence
 from ckptflow.pipeline.config import DataConfig
 from ckptflow.pipeline.errors import DataError
@@ -37,6 +40,9 @@ class DataSummary:
 
 
 def _finite_number(text: str) -> bool:
+  # Python's float() also reads "1_000"; CSV readers downstream do not.
+  if "_" in text:
+    return False
   try:
     return math.isfinite(float(text))
   except ValueError:
@@ -96,7 +102,12 @@ def _check_file(path: str, label: str, feature_keys: Sequence[str],
       header = [c.strip() for c in next(reader)]
       width = len(header)
       label_at = header.index(label)
-      feature_at = [(name, header.index(name)) for name in feature_keys]
+      feature_names = list(feature_keys)
+      positions = [header.index(name) for name in feature_names]
+      # A tuple of the feature fields, in feature order, whatever their count.
+      pick = lambda row: tuple(row[i] for i in positions)  # noqa: E731
+      if len(positions) > 1:
+        pick = operator.itemgetter(*positions)
       for row in reader:
         line = reader.line_num
         if not row:
@@ -105,12 +116,19 @@ def _check_file(path: str, label: str, feature_keys: Sequence[str],
         if len(row) != width:
           raise DataError(f"data file {path!r} line {line} has {len(row)} fields. "
                           f"Expected {width}, as in the header")
-        for name, at in feature_at:
-          value = row[at].strip()
-          if not _finite_number(value):
-            what = "is empty" if not value else f"is {value[:40]!r}"
-            raise DataError(f"data file {path!r} line {line}: feature {name!r} "
-                            f"{what}. Expected a finite number")
+        features = pick(row)
+        try:  # fast path: one list, one pass; diagnose only a bad row
+          good = (all(map(math.isfinite, map(float, features)))
+                  and "_" not in "".join(features))
+        except ValueError:
+          good = False
+        if not good:
+          for name, value in zip(feature_names, features):
+            value = value.strip()
+            if not _finite_number(value):
+              what = "is empty" if not value else f"is {value[:40]!r}"
+              raise DataError(f"data file {path!r} line {line}: feature {name!r} "
+                              f"{what}. Expected a finite number")
         value = row[label_at].strip()
         class_id = int(value) if value.isdigit() else None
         if class_id is None:
