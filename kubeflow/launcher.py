@@ -51,7 +51,7 @@ import subprocess
 import sys
 import time
 import uuid
-from typing import Any, Mapping, Sequence
+from typing import Mapping, Sequence
 
 import yaml
 from google.protobuf import json_format, struct_pb2

@@ -144,3 +144,16 @@ def test_no_blessed_model_means_no_baseline(store):
   _kfp_model_and_blessing(store, ours, blessed=0.0)
 
   assert baseline.latest_blessed_model(store, "ckptflow") is None
+
+
+# --- where a task finds the store ----------------------------------------------
+
+
+def test_task_without_ckptflow_metadata_uses_kfps_metadata_service(monkeypatch):
+  monkeypatch.delenv("CKPTFLOW_METADATA", raising=False)
+  monkeypatch.setenv("METADATA_GRPC_SERVICE_HOST", "metadata-grpc-service.kubeflow")
+  monkeypatch.setenv("METADATA_GRPC_SERVICE_PORT", "8080")
+  assert metadata.target_from_env() == "grpc://metadata-grpc-service.kubeflow:8080"
+
+  monkeypatch.setenv("CKPTFLOW_METADATA", "mysql://ckptflow@db:3306/mlmd")
+  assert metadata.target_from_env() == "mysql://ckptflow@db:3306/mlmd"  # explicit wins
