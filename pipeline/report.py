@@ -40,7 +40,7 @@ import html
 import logging
 import os
 import struct
-from typing import Iterable, Iterator, Mapping, Sequence
+from typing import Iterator, Mapping, Sequence
 
 from ml_metadata import metadata_store
 from ml_metadata.proto import metadata_store_pb2
