@@ -104,9 +104,9 @@ def parse_env(pairs: Sequence[str]) -> dict[str, str]:
       raise CompileError(f"--env {pair!r} is not NAME=VALUE with NAME an environment "
                          "variable name")
     if "://" in value and metadata.describe(value) != value:
-      raise CompileError(f"--env {name} holds a password ({metadata.describe(value)}); a "
-                         "compiled spec is not a secret store. Set it on the task pods "
-                         "from a Kubernetes Secret instead (kubeflow/README.md)")
+      raise CompileError(f"task environment {name}={metadata.describe(value)} holds a "
+                         "password; a compiled spec is not a secret store. Set it on the "
+                         "task pods from a Kubernetes Secret instead (kubeflow/README.md)")
     env[name] = value
   return env
 

@@ -23,7 +23,8 @@ of its own there:
 An attempt resumes only from checkpoints of earlier, unfinished attempts of
 the same run and task (`RunScopedCheckpointSink`), never from another run.
 
-Imports ml_metadata only; never TensorFlow or TFX.
+Imports ml_metadata only (TensorFlow, already loaded in the Trainer, only
+inside `finish`); never TFX.
 """
 
 from __future__ import annotations

@@ -332,7 +332,9 @@ def _kubeflow_dir(args) -> str:
 def cmd_compile(args) -> int:
   from ckptflow.kubeflow import compile as kfp_compile
   image = kfp_compile.resolve_image(args.image)  # before any slow import
-  kfp_compile.parse_env(args.env)
+  # --metadata names the store the tasks use (CKPTFLOW_METADATA in their pods).
+  env = kfp_compile.parse_env(list(args.env) + (
+      [f"CKPTFLOW_METADATA={args.metadata}"] if args.metadata else []))
   args.metadata, args.orchestrator, args.async_checkpoint = None, None, False
   config = _config_from_args(args, sample_data=False)
   features = None
@@ -348,7 +350,7 @@ def cmd_compile(args) -> int:
   compiled = kfp_compile.compile_pipeline(
       config, args.out or _kubeflow_dir(args), image=image, target=args.target,
       feature_keys=features, pipeline_root=args.pipeline_root,
-      trainer_retries=args.trainer_retries, env=kfp_compile.parse_env(args.env))
+      trainer_retries=args.trainer_retries, env=env)
   print(f"compiled {len(compiled.tasks)} tasks for {compiled.target}: "
         f"{compiled.json_path} and {compiled.yaml_path} (image {compiled.image})")
   return 0

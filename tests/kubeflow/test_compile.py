@@ -30,7 +30,8 @@ def compiled(tmp_path_factory, penguins_dir):
   result = ckptflow("compile", "--target", "kubeflow", "--out", str(out),
                     "--image", "registry.example.com/ckptflow:test",
                     "--data", str(penguins_dir), "--home", str(out / "home"),
-                    "--train-steps", "200", "--checkpoint-every", "50")
+                    "--train-steps", "200", "--checkpoint-every", "50",
+                    "--metadata", "grpc://metadata-grpc-service.kubeflow:8080")
   return out, result
 
 
@@ -85,6 +86,14 @@ def test_trainer_task_gets_the_kfp_run_id_a_retry_policy_and_declares_its_checkp
                                   "tfx.orchestration.kubeflow.v2.container.kubeflow_v2_run_executor"]
 
 
+def test_metadata_store_given_at_compile_time_is_set_in_every_task_environment(compiled):
+  out, _ = compiled
+  executors = json.loads((out / "pipeline.json").read_text())[
+      "pipelineSpec"]["deploymentSpec"]["executors"]
+  assert {json.dumps(e["container"].get("env")) for e in executors.values()} == {json.dumps(
+      [{"name": "CKPTFLOW_METADATA", "value": "grpc://metadata-grpc-service.kubeflow:8080"}])}
+
+
 def test_data_location_is_a_runtime_parameter_and_no_pipeline_root_is_baked_in(
     compiled, penguins_dir):
   out, _ = compiled
@@ -134,7 +143,10 @@ def test_vertex_target_keeps_the_resolver_nodes(penguins_dir):
      "compile needs the feature columns: pass --data DIR"),
     (["--image", "registry.example.com/ckptflow:1", "--features", "a,b",
       "--env", "CKPTFLOW_METADATA=mysql://root:s3cret@db:3306/mlmd"], {},
-     "--env CKPTFLOW_METADATA holds a password (mysql://root:***@db:3306/mlmd)"),
+     "CKPTFLOW_METADATA=mysql://root:***@db:3306/mlmd holds a password"),
+    (["--image", "registry.example.com/ckptflow:1", "--features", "a,b",
+      "--metadata", "mysql://root:s3cret@db:3306/mlmd"], {},
+     "CKPTFLOW_METADATA=mysql://root:***@db:3306/mlmd holds a password"),
 ])
 def test_compile_bad_input_fails_with_one_line_and_writes_nothing(tmp_path, flags, env, expected):
   out = tmp_path / "out"
