@@ -1,8 +1,9 @@
 """`ckptflow doctor`: do the metadata store and the files of a home agree?
 
-Four things must agree: the checkpoint directories under
-`HOME/pipeline_root/<node>/checkpoints/`, the `Checkpoint` artifacts in
-MLMD, the version directories under the serving root, and the `PushedModel`
+These must agree: the checkpoint directories under
+`HOME/pipeline_root/<node>/checkpoints/` and the `Checkpoint` artifacts in
+MLMD; the SavedModels `ckptflow export` writes and their `Model` artifacts;
+the version directories under the serving root and the `PushedModel`
 records and labels in MLMD, from which `models.config` is derived. A crash
 between two steps of a write (files first, then the record) can leave them
 apart; `check` lists every disagreement as a `Finding`, and `repair` resolves
