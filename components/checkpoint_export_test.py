@@ -13,6 +13,7 @@ from ckptflow.components.checkpoint import (CheckpointRegistry, NewCheckpoint,
                                             get_checkpoint, set_states)
 from ckptflow.pipeline.errors import CheckpointError, CkptflowError
 from ckptflow.pipeline.metadata import open_store
+from reliability_support import mysql_database, mysql_target  # noqa: F401 (fixture)
 
 INPUT = metadata_store_pb2.Event.INPUT
 OUTPUT = metadata_store_pb2.Event.OUTPUT
@@ -209,3 +210,23 @@ def test_export_modules_import_without_tensorflow_or_tfx():
   result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           timeout=120)
   assert result.returncode == 0, result.stderr[-2000:]
+
+
+
+@pytest.mark.mysql
+def test_choosing_finding_and_protecting_a_checkpoint_work_on_mariadb(mysql_database, tmp_path):
+  store = open_store(mysql_target(mysql_database))
+  trainer, _ = put_trainer(store)
+  register(store, trainer, 100, loss=0.2)
+  c200 = register(store, trainer, 200, loss=0.1)
+  c300 = register(store, trainer, 300, loss=0.3)
+  present = tmp_path / "export"
+  (present / "Format-Serving").mkdir(parents=True)
+  (present / "Format-Serving" / "saved_model.pb").write_bytes(b"pb")
+
+  assert checkpoint_export.resolve_checkpoint(store, "best").id == c200.id
+  assert checkpoint_export.resolve_checkpoint(store, "latest").id == c300.id
+  model_id = put_export(store, c200.id, str(present))
+  assert checkpoint_export.find_export(store, c200.id).model_artifact_id == model_id
+  assert checkpoint_export.protect(store, c200.id, "promoted") is None
+  assert get_checkpoint(store, c200.id).protected == "promoted"

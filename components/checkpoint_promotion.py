@@ -204,7 +204,7 @@ class PromotionResult:
            f"at {e.saved_model_dir}",
            f"evaluated against {against} with the EvalConfig of "
            f"{self.settings.eval_config_source}: {verdict}"]
-    shown = {k: v for k, v in v.metrics.items() if not k.endswith("example_count")}
+    shown = {k: x for k, x in v.metrics.items() if not k.endswith("example_count")}
     if shown:
       out.append("  " + "  ".join(f"{k}={x:.4g}" for k, x in shown.items()))
     if self.pushed:
