@@ -41,7 +41,6 @@ from ml_metadata.proto import metadata_store_pb2
 from ckptflow.components.checkpoint import CheckpointRecord
 from ckptflow.components.trainer.registration import MlmdCheckpointSink
 from ckptflow.pipeline.errors import CkptflowError
-from ckptflow.pipeline.faults import fault_point
 from ckptflow.pipeline.metadata import query, retry
 
 _log = logging.getLogger(__name__)
@@ -54,8 +53,6 @@ TASK_NAME_PARAMETER = "kfp_task_name"
 RUN_ID_PLACEHOLDER = "{{$.pipeline_job_uuid}}"
 # KFP's own MLMD context types (backend/src/v2/metadata).
 KFP_RUN_CONTEXT_TYPE = "system.PipelineRun"
-# The fault point fired after each checkpoint registration (tests).
-REGISTERED_FAULT_POINT = "kubeflow-trainer-registered"
 
 _RUNNING = metadata_store_pb2.Execution.RUNNING
 _FINISHED = (metadata_store_pb2.Execution.COMPLETE, metadata_store_pb2.Execution.CACHED)
@@ -223,8 +220,7 @@ def start(store: metadata_store.MetadataStore, *, run_id: str, task_name: str,
 
 class RunScopedCheckpointSink(MlmdCheckpointSink):
   """`MlmdCheckpointSink` that resumes only from the given earlier attempts
-  (those of the same KFP run and task), and fires the
-  `kubeflow-trainer-registered` fault point after each registration."""
+  (those of the same KFP run and task)."""
 
   def __init__(self, store: metadata_store.MetadataStore, execution_id: int,
                resume_key: str, *, resumable_from: Sequence[int]):
@@ -238,11 +234,6 @@ class RunScopedCheckpointSink(MlmdCheckpointSink):
     from ckptflow.components import checkpoint as ckpt_records
     producers = ckpt_records.producer_execution_ids(self._store, [r.id for r in candidates])
     return [r for r in candidates if producers.get(r.id) in self._resumable_from]
-
-  def register(self, checkpoint) -> CheckpointRecord:
-    record = super().register(checkpoint)
-    fault_point(REGISTERED_FAULT_POINT)
-    return record
 
 
 CHECKPOINTS_OUTPUT_KEY = "checkpoints"
