@@ -33,7 +33,8 @@ def _add_home(parser: argparse.ArgumentParser) -> None:
                       "(default: $CKPTFLOW_HOME, else ./ckptflow_home)")
   parser.add_argument("--metadata", default=None,
                       help="metadata store: a SQLite path, mysql://USER:PASS@HOST:PORT/DB "
-                      "or grpc://HOST:PORT (default: HOME/metadata.sqlite)")
+                      "or grpc://HOST:PORT (default: $CKPTFLOW_METADATA, else "
+                      "HOME/metadata.sqlite)")
 
 
 def _home(args) -> str:
@@ -263,6 +264,11 @@ def _config_from_args(args, *, sample_data: bool = True) -> PipelineConfig:
 
 def cmd_run(args) -> int:
   config = _config_from_args(args)
+  # Like every other subcommand: --metadata, else the config file, else
+  # $CKPTFLOW_METADATA, else HOME/metadata.sqlite.
+  env_target = os.environ.get("CKPTFLOW_METADATA", "").strip()
+  if args.metadata is None and not config.run.metadata and env_target:
+    config = config.replace(run={"metadata": env_target})
   from ckptflow.pipeline import runner
   summary = runner.run(config)
   for line in summary.lines():

@@ -162,6 +162,13 @@ def unreachable_mysql(tmp_path, toy):
           f"mysql://root@{MYSQL_HOST}:9/ckptflow_unreachable"], [home, data], {}
 
 
+def unreachable_mysql_from_environment(tmp_path, toy):
+  args, roots, env = unreachable_mysql(tmp_path, toy)
+  target = args.pop()
+  args.pop()  # --metadata: the run must find the target in CKPTFLOW_METADATA
+  return args, roots, {"CKPTFLOW_METADATA": target}
+
+
 def unknown_metadata_scheme(tmp_path, toy):
   return ["checkpoints", "--home", str(toy.home), "--metadata", "postgres://x/y"], [], {}
 
@@ -283,6 +290,8 @@ CASES = [
     Case("unknown-metadata-scheme", "has unknown scheme 'postgres'", unknown_metadata_scheme),
     Case("missing-store", "no metadata store at", missing_store),
     Case("mysql-unreachable", "no MySQL server reachable at", unreachable_mysql),
+    Case("mysql-unreachable-from-environment", "no MySQL server reachable at",
+         unreachable_mysql_from_environment),
 ]
 
 

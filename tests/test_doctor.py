@@ -73,7 +73,8 @@ def test_unregistered_checkpoint_dir_is_an_orphan_and_repair_deletes_it(toy):
 
 
 def test_staging_leftover_is_found_and_deleted(toy):
-  staging = toy.home / "pipeline_root/CheckpointingTrainer/checkpoints/run/exec-9/step-00000300.staging"
+  staging = (toy.home / "pipeline_root/CheckpointingTrainer/checkpoints/run/exec-9"
+             / "step-00000300.staging")
   staging.mkdir(parents=True)
   (staging / "ckpt.index").write_bytes(b"partial")
   assert kinds(toy.findings()) == ["checkpoint-staging"]
