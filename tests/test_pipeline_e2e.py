@@ -158,3 +158,19 @@ def test_rerun_with_unchanged_inputs_does_not_retrain(e2e_home, penguins_dir):
   assert trainer_states == [metadata_store_pb2.Execution.COMPLETE,
                             metadata_store_pb2.Execution.CACHED]
   assert len(store.get_artifacts_by_type("Checkpoint")) == before
+
+
+def test_beam_orchestrator_with_multi_process_beam_jobs_runs_the_pipeline(tmp_path, penguins_dir):
+  home = tmp_path / "home"
+  ckptflow("run", "--home", str(home), "--data", str(penguins_dir), "--orchestrator", "beam",
+           "--beam-arg=--direct_running_mode=multi_processing",
+           "--beam-arg=--direct_num_workers=2",
+           "--train-steps", "100", "--checkpoint-every", "50")
+  store = _store(home)
+  executions = _executions_by_component(store)
+  for component in COMPONENTS:
+    states = [e.last_known_state for e in executions.get(component, [])]
+    assert states == [metadata_store_pb2.Execution.COMPLETE], (component, states)
+  steps = sorted(a.properties["step"].int_value for a in store.get_artifacts_by_type("Checkpoint"))
+  assert steps == [50, 100]
+  assert (home / "serving" / "penguin" / "1" / "saved_model.pb").is_file()
