@@ -56,8 +56,8 @@ TARGET_RATIO = 0.97
 # size -> interval -> (block length L, pairs): the default run, sized to
 # finish in under 10 minutes on 2 cores (25M only at the target interval).
 DEFAULT_PLAN = {
-    "1M": {50: (200, 3), 100: (200, 3), 500: (500, 1)},
-    "5M": {50: (100, 3), 100: (100, 6), 500: (500, 1)},
+    "1M": {50: (200, 2), 100: (200, 3), 500: (500, 1)},
+    "5M": {50: (100, 2), 100: (100, 5), 500: (500, 1)},
     "25M": {100: (100, 1)},
 }
 FULL_PLAN = {
@@ -144,14 +144,37 @@ def build_setup(parameters: int, seed: int, rng):
 
 
 def synthetic_batches(keys: Sequence[str], batch_size: int, seed: int):
+  """Random examples through the Trainer's input pipeline
+  (`executor.make_dataset`): serialized tf.Examples, repeated, shuffled
+  (1024), batched, parsed. The shuffle buffer holds serialized examples, as
+  in the product: its state is part of every checkpoint (the data position),
+  and a buffer of parsed feature dicts would cost several times more to
+  save."""
   import numpy as np
   import tensorflow as tf
   generator = np.random.default_rng(seed)
   n = 4096
-  features = {k: generator.normal(size=(n, 1)).astype(np.float32) for k in keys}
-  labels = generator.integers(0, NUM_CLASSES, size=(n, 1)).astype(np.int64)
-  return (tf.data.Dataset.from_tensor_slices((features, labels)).repeat()
-          .shuffle(1024, seed=seed).batch(batch_size, drop_remainder=True)), n
+  features = generator.normal(size=(n, len(keys))).astype(np.float32)
+  labels = generator.integers(0, NUM_CLASSES, size=n)
+  serialized = []
+  for i in range(n):
+    feature = {k: tf.train.Feature(float_list=tf.train.FloatList(value=[features[i, j]]))
+               for j, k in enumerate(keys)}
+    feature["label"] = tf.train.Feature(int64_list=tf.train.Int64List(value=[labels[i]]))
+    serialized.append(tf.train.Example(
+        features=tf.train.Features(feature=feature)).SerializeToString())
+  spec = {k: tf.io.FixedLenFeature([1], tf.float32) for k in keys}
+  spec["label"] = tf.io.FixedLenFeature([1], tf.int64)
+
+  def parse(batch):
+    parsed = tf.io.parse_example(batch, spec)
+    labels = parsed.pop("label")
+    return parsed, labels
+
+  dataset = (tf.data.Dataset.from_tensor_slices(serialized).repeat()
+             .shuffle(1024, seed=seed, reshuffle_each_iteration=True)
+             .batch(batch_size, drop_remainder=True).map(parse))
+  return dataset, n
 
 
 class StageTimes:
@@ -327,6 +350,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                       help="also report the time of each checkpoint stage")
   parser.add_argument("--workdir", default=None,
                       help="scratch directory on the disk to measure (default: a temp dir)")
+  parser.add_argument("--threads", type=int, default=0,
+                      help="TensorFlow intra-op threads for training (default 0: one "
+                      "per core); 1 leaves a core free for checkpointing")
   parser.add_argument("--seed", type=int, default=7)
   parser.add_argument("--out", default=None, help="result JSON (default: benchmarks/results/)")
   args = parser.parse_args(argv)
@@ -344,6 +370,8 @@ def main(argv: Sequence[str] | None = None) -> int:
   import tensorflow as tf
   from ckptflow.pipeline import metadata
 
+  if args.threads:
+    tf.config.threading.set_intra_op_parallelism_threads(args.threads)
   tf.keras.utils.set_random_seed(args.seed)
   tf.config.experimental.enable_op_determinism()  # as the Trainer does
   workdir = args.workdir or tempfile.mkdtemp(prefix="ckptflow-bench-overhead-")
@@ -409,6 +437,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                     for s, p in plan.items()},
                            "modes": modes, "batch_size": args.batch_size,
                            "warmup_steps": WARMUP_STEPS, "retention": "keep last 2",
+                           "intra_op_threads": args.threads or "one per core",
                            "seed": args.seed},
               "results": results,
               "target": {"configuration": target_name, "threshold": TARGET_RATIO,
