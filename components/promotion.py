@@ -406,7 +406,14 @@ def label_history(store: metadata_store.MetadataStore, model_name: str,
   if pushes:
     events = retry(lambda: store.get_events_by_artifact_ids(list(pushes)),
                    what="reading push events")
-    producers = {e.artifact_id: e.execution_id for e in events if e.type == _OUTPUT}
+    # The producer is the first execution with an OUTPUT event: TFX links a
+    # cached rerun of the Pusher (a CACHED execution) to the same PushedModel
+    # with an OUTPUT event of its own, which assigns nothing anew.
+    producers: dict[int, int] = {}
+    for e in events:
+      if e.type == _OUTPUT:
+        producers[e.artifact_id] = min(e.execution_id,
+                                       producers.get(e.artifact_id, e.execution_id))
     for artifact_id, record in pushes.items():
       if artifact_id in producers:
         changes.append(LabelChange(

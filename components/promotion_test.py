@@ -469,3 +469,27 @@ def test_sync_with_pending_version_outside_serving_root_fails_and_keeps_config(
         store, root, pending=serving.ServedVersion("m", 5, "/nowhere/m/5"),
         pending_label="stable")
   assert open(serving.models_config_path(root)).read() == before
+
+
+def test_cached_pusher_rerun_does_not_move_the_label_back(store, tmp_path, root):
+  # A pipeline push (v1), then a promotion (v2); then the pipeline runs again
+  # with nothing new, and TFX links the cached Pusher execution to the v1
+  # PushedModel with another OUTPUT event. stable stays on v2.
+  model_id, source = put_model(store, tmp_path)
+  served = serving.push_saved_model(source, root, "m")
+  type_id = promotion.ensure_types(store)["PushedModel"]
+  artifact = metadata_store_pb2.Artifact(type_id=type_id, uri="/pipeline_root/Pusher/7")
+  promotion.mark_pushed(artifact, served, label="stable", forced=False)
+  pipeline_push_id = put_tfx_pusher_execution(store, artifact)
+  promotion.promote(store, saved_model_dir=source, serving_root=root,
+                    model_name="m", model_artifact_id=model_id)
+  assert promotion.current_labels(store, "m") == {"stable": 2}
+
+  pusher_type = store.get_execution_type("tfx.components.pusher.component.Pusher")
+  cached = metadata_store_pb2.Execution(
+      type_id=pusher_type.id, last_known_state=metadata_store_pb2.Execution.CACHED)
+  store.put_execution(cached, [(None, metadata_store_pb2.Event(
+      artifact_id=pipeline_push_id, type=OUTPUT))], contexts=[])
+
+  assert promotion.current_labels(store, "m") == {"stable": 2}
+  assert promotion.sync_models_config(store, root)["m"].labels == {"stable": 2}
