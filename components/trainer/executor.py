@@ -282,11 +282,13 @@ class Executor(base_executor.BaseExecutor):
         tf.data.TFRecordDataset(train_files, compression_type="GZIP"))
 
     node_dir = os.path.dirname(os.path.dirname(model_artifact.uri.rstrip("/")))
-    checkpoint_root = os.path.join(node_dir, "checkpoints")
-    checkpoint_files.sweep_staging(checkpoint_root)
+    run_dir = os.path.join(node_dir, "checkpoints", resume_key[:16])
+    # Unfinished writes of this training run's killed attempts; other runs'
+    # directories are left alone (they may be writing right now).
+    checkpoint_files.sweep_staging(run_dir)
     loop_settings = LoopSettings(
         train_steps=settings.train_steps,
-        checkpoint_dir=os.path.join(checkpoint_root, resume_key[:16], f"exec-{execution_id}"),
+        checkpoint_dir=os.path.join(run_dir, f"exec-{execution_id}"),
         fingerprint=fingerprint, resume_key=resume_key,
         examples_per_epoch=examples_per_epoch, batch_size=settings.batch_size,
         async_checkpoint=settings.async_checkpoint, eval_every=settings.eval_every)
