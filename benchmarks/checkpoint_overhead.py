@@ -18,11 +18,12 @@ warm-up (tracing, and two checkpoints, so the first-save setup of TF's async
 checkpointer is not measured) precedes the blocks and is not timed. Every
 step is timed, and two estimates of steps/s with vs. without are reported:
 
-* ratio (the headline): N x the median step time of A blocks, over the sum
-  of the median step time at each position 0..N-1 of a checkpoint period in
-  B blocks. A checkpoint's cost lands at fixed positions (the save; the
-  steps its background work slows), another process's burst of load at
-  random ones, where the median votes it out;
+* ratio (the headline): N x step / (N x step + cost), where the cost of a
+  checkpoint is measured inside each checkpoint period of the B blocks: the
+  time of the period's first half (the save, and the steps its background
+  work slows) beyond the same number of steps at the pace of the period's
+  second half, a second or two later under the same load (see
+  `local_cost`). The same computation on A blocks is a control (~0);
 * block ratio: the median over adjacent A/B block pairs of their steps/s
   ratio; exact when the machine is quiet, noisy when it is not.
 
@@ -312,7 +313,7 @@ def run_config(size: str, mode: str, every: int, block: int, pairs: int, *, setu
     start = WARMUP_STEPS + i * block
     cpu[kind].append(cpu_stamps[start + block] - cpu_stamps[start])
   ratios = [a / b for a, b in zip(seconds["A"], seconds["B"])]
-  step_ratio, profile = per_step_ratio(stamps, order, block, every)
+  local = local_cost(stamps, order, block, every)
   saves_per_block = block // every
   extra_cpu = [(b - a) / saves_per_block for a, b in zip(cpu["A"], cpu["B"])]
   saves = len(result.checkpoints)
@@ -324,7 +325,7 @@ def run_config(size: str, mode: str, every: int, block: int, pairs: int, *, setu
           "none_steps_per_second": [block / s for s in seconds["A"]],
           "checkpoint_steps_per_second": [block / s for s in seconds["B"]],
           "ratios": ratios, "ratio_median": measure.median(ratios),
-          "step_ratio": step_ratio, "step_profile_ms": profile,
+          "step_ratio": local["ratio"], "local": local,
           "cpu_seconds_per_block": cpu,
           "cpu_ratio_median": measure.median(a / b for a, b in zip(cpu["A"], cpu["B"])),
           "extra_cpu_ms_per_checkpoint": 1000 * measure.median(extra_cpu),
@@ -332,32 +333,53 @@ def run_config(size: str, mode: str, every: int, block: int, pairs: int, *, setu
           "stage_times": stages.summary() if stages else None}
 
 
-def per_step_ratio(stamps: Sequence[float], order: Sequence[str], block: int,
-                   every: int) -> tuple[float, dict]:
-  """The ratio from per-step medians, robust to bursts of load from other
-  processes: N x (median step time in A blocks) over the sum, across the N
-  positions of a checkpoint period (0 = the step that saves), of the median
-  time of the step at that position in B blocks. A checkpoint's cost lands
-  at fixed positions (the save, then the steps its async work slows down),
-  while another process's burst lands at random ones and is voted out.
-  Returns the ratio and the profile (A median, B medians by position, ms)."""
-  a_steps: list[float] = []
-  by_offset: list[list[float]] = [[] for _ in range(every)]
+def local_cost(stamps: Sequence[float], order: Sequence[str], block: int,
+               every: int) -> dict:
+  """What one checkpoint costs the training, measured inside each checkpoint
+  period, robust to slow drift in the machine's load.
+
+  A period is the N steps from a save. Its first half holds the save step
+  and the steps its background work slows; its second half, measured a
+  second or two later under the same load, is the baseline. The cost is
+  the first half's time beyond N/2 baseline steps (plus, for a block's last
+  period, its final step's excess: the wait for the block's checkpoints).
+  The same computation on A blocks (no checkpoint) is a control that should
+  come out near zero. Noise from other processes hits both halves alike on
+  average, so means (not medians) are unbiased. Returns ms and the ratio
+  N x baseline / (N x baseline + cost)."""
+  half = every // 2
+  found = {"A": [], "B": []}
+  baselines = []
+  periods = block // every
   for i, kind in enumerate(order):
     start = WARMUP_STEPS + i * block  # steps start+1 .. start+block
-    for step in range(start + 1, start + block + 1):
-      duration = stamps[step - 1] - stamps[step - 2]
-      if kind == "A":
-        a_steps.append(duration)
-      else:
-        by_offset[(step - start - 1) % every].append(duration)
-  a_median = measure.median(a_steps)
-  b_medians = [measure.median(values) for values in by_offset]
-  profile = {"none_step_ms": 1000 * a_median,
-             "save_step_ms": 1000 * b_medians[0],
-             "period_ms": 1000 * sum(b_medians),
-             "none_period_ms": 1000 * every * a_median}
-  return every * a_median / sum(b_medians), profile
+    for p in range(periods):
+      first = start + p * every + 1
+      durations = [stamps[s - 1] - stamps[s - 2] for s in range(first, first + every)]
+      last_in_block = p == periods - 1
+      tail = durations[half:-1] if last_in_block else durations[half:]
+      baseline = sum(tail) / len(tail)
+      excess = sum(durations[:half]) - half * baseline
+      if last_in_block:
+        excess += durations[-1] - baseline
+      found[kind].append(excess)
+      if kind == "B":
+        baselines.append(baseline)
+
+  def mean_and_error(values):
+    mean = sum(values) / len(values)
+    if len(values) < 2:
+      return mean, float("nan")
+    variance = sum((v - mean) ** 2 for v in values) / (len(values) - 1)
+    return mean, math.sqrt(variance / len(values))
+
+  cost, cost_error = mean_and_error(found["B"])
+  control, control_error = mean_and_error(found["A"])
+  step = sum(baselines) / len(baselines)
+  return {"cost_ms": 1000 * cost, "cost_error_ms": 1000 * cost_error,
+          "control_ms": 1000 * control, "control_error_ms": 1000 * control_error,
+          "baseline_step_ms": 1000 * step, "periods": len(found["B"]),
+          "ratio": every * step / (every * step + cost)}
 
 
 def parse_plan(text: str) -> dict:
@@ -449,18 +471,18 @@ def main(argv: Sequence[str] | None = None) -> int:
                  f"{r['pairs']}x{r['block_steps']}",
                  measure.median(r["none_steps_per_second"]),
                  measure.median(r["checkpoint_steps_per_second"]),
-                 r["step_ratio"], r["ratio_median"],
-                 f"{min(r['ratios']):.3f}-{max(r['ratios']):.3f}",
-                 f"{r['step_profile_ms']['period_ms'] - r['step_profile_ms']['none_period_ms']:.0f}",
-                 r["cpu_ratio_median"]])
+                 r["step_ratio"],
+                 f"{r['local']['cost_ms']:.0f} ± {r['local']['cost_error_ms']:.0f}",
+                 f"{r['local']['control_ms']:.0f} ± {r['local']['control_error_ms']:.0f}",
+                 r["ratio_median"], f"{min(r['ratios']):.3f}-{max(r['ratios']):.3f}"])
   measure.print_table(["size", "params", "checkpoint", "mode", "every", "pairs x steps",
-                       "none steps/s", "ckpt steps/s", "ratio", "block ratio", "block range",
-                       "ms/ckpt", "cpu ratio"], rows)
-  print("ratio: from per-step medians (N x median step without checkpoints / sum of the "
-        "median step at each position of a checkpoint period). block ratio: median over "
-        "adjacent A/B block pairs of their steps/s ratio (block range: min-max). ms/ckpt: "
-        "a period's median extra time, i.e. what one checkpoint costs the training. cpu "
-        "ratio: this process's CPU seconds without / with, per block pair.")
+                       "none steps/s", "ckpt steps/s", "ratio", "ms/ckpt", "control ms",
+                       "block ratio", "block range"], rows)
+  print("ratio = N x step / (N x step + ms/ckpt). ms/ckpt: mean time a checkpoint adds to "
+        "its period (first half of the period vs. its second half, ± standard error); "
+        "control ms: the same computed on blocks without checkpoints (should be ~0). "
+        "block ratio: median over adjacent A/B block pairs of their steps/s ratio (noisy "
+        "when other processes load the machine); block range: min-max.")
   if args.profile:
     print("\nper-checkpoint stages, median wall ms / CPU ms of the thread that ran it:")
     stage_names = []
@@ -494,8 +516,9 @@ def main(argv: Sequence[str] | None = None) -> int:
           f"{last['size']} params; target configuration not measured): "
           f"{last['step_ratio']:.3f}")
   else:
-    measure.print_ratio(f"checkpoint overhead ({target_name}; steps/s vs. none, "
-                        f"per-step medians; block-pair median {target['ratio_median']:.3f})",
+    measure.print_ratio(f"checkpoint overhead ({target_name}; steps/s vs. none; "
+                        f"{target['local']['cost_ms']:.0f} ms per checkpoint; block-pair "
+                        f"median {target['ratio_median']:.3f})",
                         target["step_ratio"], f">= {TARGET_RATIO}")
   return 0
 
