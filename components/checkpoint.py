@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import hashlib
 import json
+import os
 from typing import Iterable, Mapping, Sequence
 
 from ml_metadata import errors as mlmd_errors
@@ -46,6 +48,24 @@ _ABANDONED = metadata_store_pb2.Artifact.ABANDONED
 # LIVE: files present and verified. DELETED: pruned, files gone.
 # ABANDONED: files found damaged on restore; kept for lineage, never used.
 STATE_NAMES = {_LIVE: "LIVE", _DELETED: "DELETED", _ABANDONED: "ABANDONED"}
+
+
+def directory_digest(directory: str) -> tuple[int, str]:
+  """(total size in bytes, sha256 over file names and contents) of a
+  checkpoint directory: what a Checkpoint's `size_bytes` and `checksum`
+  record. Subdirectories are not part of a checkpoint and are skipped."""
+  sha = hashlib.sha256()
+  size = 0
+  for name in sorted(os.listdir(directory)):
+    path = os.path.join(directory, name)
+    if not os.path.isfile(path):
+      continue
+    sha.update(name.encode() + b"\0")
+    with open(path, "rb") as f:
+      while chunk := f.read(1 << 20):
+        sha.update(chunk)
+        size += len(chunk)
+  return size, sha.hexdigest()
 
 
 def checkpoint_type() -> metadata_store_pb2.ArtifactType:

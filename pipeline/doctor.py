@@ -60,7 +60,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
 import logging
 import os
 import re
@@ -148,21 +147,9 @@ def home_at(home: str, serving_root: str | None = None) -> Home:
 
 
 def checkpoint_digest(directory: str) -> tuple[int, str]:
-  """(size in bytes, sha256 over file names and contents) of a checkpoint
-  directory, exactly as the Trainer computes it when it registers one
-  (`checkpoint_files.digest`; a test keeps the two equal)."""
-  sha = hashlib.sha256()
-  size = 0
-  for name in sorted(os.listdir(directory)):
-    path = os.path.join(directory, name)
-    if not os.path.isfile(path):
-      continue
-    sha.update(name.encode() + b"\0")
-    with open(path, "rb") as f:
-      while chunk := f.read(1 << 20):
-        sha.update(chunk)
-        size += len(chunk)
-  return size, sha.hexdigest()
+  """(size in bytes, sha256) of a checkpoint directory, exactly as the
+  Trainer records it (`components.checkpoint.directory_digest`)."""
+  return ckpt_records.directory_digest(directory)
 
 
 def _under(path: str, root: str) -> bool:

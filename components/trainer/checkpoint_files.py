@@ -11,13 +11,13 @@ leftovers are swept on the next start.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import shutil
 
 import tensorflow as tf
 
+from ckptflow.components.checkpoint import directory_digest
 from ckptflow.pipeline.errors import CheckpointError
 
 PREFIX = "ckpt"
@@ -40,18 +40,7 @@ def prefix(directory: str) -> str:
 
 def digest(directory: str) -> tuple[int, str]:
   """(total size in bytes, sha256 over file names and contents)."""
-  sha = hashlib.sha256()
-  size = 0
-  for name in sorted(os.listdir(directory)):
-    path = os.path.join(directory, name)
-    if not os.path.isfile(path):
-      continue
-    sha.update(name.encode() + b"\0")
-    with open(path, "rb") as f:
-      while chunk := f.read(1 << 20):
-        sha.update(chunk)
-        size += len(chunk)
-  return size, sha.hexdigest()
+  return directory_digest(directory)
 
 
 def verify_readable(directory: str) -> None:
