@@ -54,6 +54,7 @@ from ml_metadata.proto import metadata_store_pb2
 
 from ckptflow.components import checkpoint as checkpoints
 from ckptflow.components.checkpoint import CheckpointRecord
+from ckptflow.components.pusher import serving
 from ckptflow.pipeline.errors import CheckpointError, CkptflowError
 from ckptflow.pipeline.metadata import query, retry
 
@@ -403,12 +404,7 @@ def check_writable_dir(path: str, what: str) -> str:
     CkptflowError: it is not a directory, or cannot be written or created.
   """
   path = os.path.abspath(path)
-  probe = path
-  while not os.path.lexists(probe):
-    parent = os.path.dirname(probe)
-    if parent == probe:
-      break
-    probe = parent
+  probe = serving.nearest_existing(path)
   if not os.path.isdir(probe):
     raise CkptflowError(f"{what} {path!r} cannot be created: {probe!r} is not a "
                         "directory. Expected a directory this user can write")

@@ -208,7 +208,8 @@ def models_config_lock(serving_root: str) -> Iterator[None]:
     yield
 
 
-def _nearest_existing(path: str) -> str:
+def nearest_existing(path: str) -> str:
+  """`path` itself if it exists, else its nearest existing ancestor."""
   probe = path
   while not os.path.lexists(probe):
     parent = os.path.dirname(probe)
@@ -230,7 +231,7 @@ def _ensure_serving_root(serving_root: str) -> str:
       raise ServingError(f"serving root {serving_root!r} is not writable. "
                          "Expected a directory this user can write")
     return root
-  existing = _nearest_existing(root)
+  existing = nearest_existing(root)
   if existing == root or not os.path.isdir(existing):
     raise ServingError(
         f"serving root {serving_root!r} cannot be created: {existing!r} is "
