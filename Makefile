@@ -9,7 +9,7 @@ BIN    := $(VENV)/bin
 
 export TF_USE_LEGACY_KERAS := 1
 
-.PHONY: install system-deps demo test test-fast lock golden clean
+.PHONY: install system-deps demo test test-fast lint-imports lock golden clean
 
 # System tools: Graphviz renders `ckptflow lineage --format svg`.
 system-deps:
@@ -30,8 +30,13 @@ install: system-deps $(BIN)/ckptflow
 demo: install
 	$(BIN)/ckptflow run --home $(HOME_DIR)
 
-test: install
+test: install lint-imports
 	$(BIN)/python -m pytest -q
+
+# The floor plan: each layer imports only from its own layer or below
+# (pyproject.toml [tool.importlinter]; README, ARCHITECTURE).
+lint-imports: install
+	$(BIN)/lint-imports --no-cache
 
 # Everything but the end-to-end pipeline runs.
 test-fast: install

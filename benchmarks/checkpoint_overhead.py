@@ -433,7 +433,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   modes = args.modes.split(",")
 
   import tensorflow as tf
-  from ckptflow.pipeline import metadata
+  from ckptflow.base import metadata
 
   if args.threads:
     tf.config.threading.set_intra_op_parallelism_threads(args.threads)

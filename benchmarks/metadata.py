@@ -58,12 +58,12 @@ import measure  # noqa: E402
 from ml_metadata import metadata_store  # noqa: E402
 from ml_metadata.proto import metadata_store_pb2 as mlmd_pb  # noqa: E402
 
-from ckptflow.components import lineage as lineage_lib  # noqa: E402
+from ckptflow.operations import lineage as lineage_lib  # noqa: E402
 from ckptflow.components import promotion  # noqa: E402
 from ckptflow.components.checkpoint import (CheckpointRegistry, NewCheckpoint,  # noqa: E402
                                             checkpoint_type, ensure_checkpoint_type)
 from ckptflow.components.trainer.registration import checkpoints_with_key  # noqa: E402
-from ckptflow.pipeline import metadata  # noqa: E402
+from ckptflow.base import metadata  # noqa: E402
 
 CHECKPOINTS_PER_RUN = 100
 LIVE_PER_RUN = 5

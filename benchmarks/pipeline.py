@@ -47,7 +47,7 @@ def run_pipeline(kind: str, home: str, args) -> dict:
   common = ["--home", home, "--data", args.data, "--train-steps", str(args.train_steps),
             "--batch-size", str(args.batch_size), "--model-name", "penguin"]
   if kind == "ckptflow":
-    command = [sys.executable, "-m", "ckptflow.pipeline.cli", "run", *common,
+    command = [sys.executable, "-m", "ckptflow.cli", "run", *common,
                "--checkpoint-every", str(args.checkpoint_every), "--no-cache"]
   else:
     command = [sys.executable, STOCK_SCRIPT, *common]

@@ -66,7 +66,7 @@ def make_home(scratch: str, args) -> str:
     shutil.copy2(source, os.path.join(home, "metadata.sqlite"))
     return home
   log(f"running the pipeline once on {PENGUINS} (about a minute)...")
-  subprocess.run([sys.executable, "-m", "ckptflow.pipeline.cli", "run", "--home", home,
+  subprocess.run([sys.executable, "-m", "ckptflow.cli", "run", "--home", home,
                   "--data", PENGUINS, "--train-steps", str(args.train_steps),
                   "--checkpoint-every", "100", "--model-name", "penguin"],
                  check=True, stdout=subprocess.DEVNULL,
@@ -92,8 +92,9 @@ def main() -> None:
 
   import tensorflow as tf
 
-  from ckptflow.components import checkpoint_export, promotion
-  from ckptflow.pipeline import metadata
+  from ckptflow.operations import export as checkpoint_export
+  from ckptflow.components import promotion
+  from ckptflow.base import metadata
 
   scratch = tempfile.mkdtemp(prefix="ckptflow-promote-bench-")
   try:

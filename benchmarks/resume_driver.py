@@ -36,7 +36,7 @@ from ckptflow.components.trainer import policies  # noqa: E402
 from ckptflow.components.trainer.loop import (LoopSettings, TrainingInterrupted,  # noqa: E402
                                               TrainingLoop)
 from ckptflow.components.trainer.registration import MlmdCheckpointSink  # noqa: E402
-from ckptflow.pipeline import metadata  # noqa: E402
+from ckptflow.base import metadata  # noqa: E402
 
 IMPORTED = time.time()
 

@@ -28,7 +28,7 @@ RUN_FN = "stock_trainer_module.run_fn"
 def create_stock_pipeline(config, feature_keys):
   from tfx import v1 as tfx
   from tfx.types import standard_artifacts
-  from ckptflow.pipeline import metadata
+  from ckptflow.base import metadata
   from ckptflow.pipeline.pipeline import eval_config
 
   train_buckets, eval_buckets = config.data.eval_fraction_buckets

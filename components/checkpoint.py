@@ -24,7 +24,7 @@ from ml_metadata import errors as mlmd_errors
 from ml_metadata import metadata_store
 from ml_metadata.proto import metadata_store_pb2
 
-from ckptflow.pipeline.metadata import query, retry
+from ckptflow.base.metadata import query, retry
 
 CHECKPOINT_TYPE_NAME = "Checkpoint"
 
@@ -234,7 +234,7 @@ def _by_external_id(store: metadata_store.MetadataStore,
 
 
 def get_checkpoint(store: metadata_store.MetadataStore, artifact_id: int) -> CheckpointRecord:
-  from ckptflow.pipeline.errors import CheckpointError
+  from ckptflow.base.errors import CheckpointError
   artifacts = query(lambda: store.get_artifacts_by_id([artifact_id]),
                     what="reading a checkpoint")
   if not artifacts:

@@ -20,7 +20,7 @@ MLMD is the source of truth; `models.config` is derived from it.
 
 Each execution, its new artifact and its events are written in one MLMD
 transaction (`put_execution`), so a crash never leaves half a record. Store
-calls go through `ckptflow.pipeline.metadata.retry`. Types carry no declared
+calls go through `ckptflow.base.metadata.retry`. Types carry no declared
 properties (custom properties only), so they never clash with the types TFX
 registers (TFX registers `PushedModel` with none).
 
@@ -41,9 +41,9 @@ from ml_metadata.proto import metadata_store_pb2
 
 from ckptflow.components.pusher import serving
 from ckptflow.components.pusher.serving import ServedVersion
-from ckptflow.pipeline.errors import MetadataError, ServingError
-from ckptflow.pipeline.faults import fault_point
-from ckptflow.pipeline.metadata import retry
+from ckptflow.base.errors import MetadataError, ServingError
+from ckptflow.base.faults import fault_point
+from ckptflow.base.metadata import retry
 
 PUSHED_MODEL_TYPE_NAME = "PushedModel"
 PROMOTE_TYPE_NAME = "ckptflow.Promote"

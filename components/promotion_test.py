@@ -8,8 +8,8 @@ from ml_metadata.proto import metadata_store_pb2
 
 from ckptflow.components import promotion
 from ckptflow.components.pusher import serving
-from ckptflow.pipeline.errors import MetadataError, ServingError
-from ckptflow.pipeline.metadata import open_store
+from ckptflow.base.errors import MetadataError, ServingError
+from ckptflow.base.metadata import open_store
 
 INPUT = metadata_store_pb2.Event.INPUT
 OUTPUT = metadata_store_pb2.Event.OUTPUT

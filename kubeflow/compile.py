@@ -36,9 +36,9 @@ import yaml
 from google.protobuf import json_format
 from kfp.pipeline_spec import pipeline_spec_pb2
 
-from ckptflow.pipeline import metadata
+from ckptflow.base import metadata
 from ckptflow.pipeline.config import PipelineConfig
-from ckptflow.pipeline.errors import CkptflowError
+from ckptflow.base.errors import CkptflowError
 
 _log = logging.getLogger(__name__)
 

@@ -61,9 +61,9 @@ from ml_metadata import metadata_store
 from ml_metadata.proto import metadata_store_pb2
 
 from ckptflow.kubeflow import spec as spec_lib
-from ckptflow.pipeline import metadata
-from ckptflow.pipeline.errors import CkptflowError
-from ckptflow.pipeline.metadata import query, retry
+from ckptflow.base import metadata
+from ckptflow.base.errors import CkptflowError
+from ckptflow.base.metadata import query, retry
 
 _log = logging.getLogger(__name__)
 

@@ -25,7 +25,7 @@ import yaml
 from google.protobuf import json_format, struct_pb2
 from kfp.pipeline_spec import pipeline_spec_pb2
 
-from ckptflow.pipeline.errors import CkptflowError
+from ckptflow.base.errors import CkptflowError
 
 SPEC_FILES = ("pipeline.yaml", "pipeline.json")
 

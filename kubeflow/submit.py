@@ -27,7 +27,7 @@ import yaml
 from google.protobuf import json_format
 
 from ckptflow.kubeflow import spec as spec_lib
-from ckptflow.pipeline.errors import CkptflowError
+from ckptflow.base.errors import CkptflowError
 
 
 class SubmitError(CkptflowError):

@@ -19,7 +19,7 @@ import tomllib
 import typing
 from typing import Any, Mapping
 
-from ckptflow.pipeline.errors import ConfigError, DataError
+from ckptflow.base.errors import ConfigError, DataError
 
 DEFAULT_HOME_ENV = "CKPTFLOW_HOME"
 WARM_START_CHOICES = ("none", "latest", "best")

@@ -29,7 +29,7 @@ import math
 import operator
 from typing import Sequence
 from ckptflow.pipeline.config import DataConfig
-from ckptflow.pipeline.errors import DataError
+from ckptflow.base.errors import DataError
 
 
 @dataclasses.dataclass(frozen=True)

@@ -11,12 +11,11 @@ import os
 
 import tensorflow_model_analysis as tfma
 from tfx import v1 as tfx
-from tfx.dsl.components.base import executor_spec
 from tfx.types import standard_artifacts
 
-from ckptflow.components.pusher import executor as pusher_executor
+from ckptflow.components.pusher.component import Pusher
 from ckptflow.components.trainer.component import CheckpointingTrainer
-from ckptflow.pipeline import metadata
+from ckptflow.base import metadata
 from ckptflow.pipeline.config import PipelineConfig
 
 EXAMPLE_GEN_SPLITS = ("train", "eval")
@@ -96,7 +95,7 @@ def create_pipeline(config: PipelineConfig, *, feature_keys: tuple[str, ...] | N
       statistics=statistics_gen.outputs["statistics"], schema=schema_gen.outputs["schema"])
   trainer_class = CheckpointingTrainer
   if target != "local":
-    from ckptflow.kubeflow.components import KubeflowCheckpointingTrainer
+    from ckptflow.components.kubeflow.components import KubeflowCheckpointingTrainer
     trainer_class = KubeflowCheckpointingTrainer
   trainer = trainer_class(
       examples=example_gen.outputs["examples"], schema=schema_gen.outputs["schema"],
@@ -126,18 +125,17 @@ def create_pipeline(config: PipelineConfig, *, feature_keys: tuple[str, ...] | N
         examples=example_gen.outputs["examples"], model=trainer.outputs["model"],
         baseline_model=baseline, eval_config=eval_config(config))
   else:
-    from ckptflow.kubeflow.components import KubeflowEvaluator
+    from ckptflow.components.kubeflow.components import KubeflowEvaluator
     evaluator = KubeflowEvaluator(
         examples=example_gen.outputs["examples"], model=trainer.outputs["model"],
         baseline_model=baseline, eval_config=eval_config(config),
         pipeline_name=config.run.pipeline_name)
-  pusher = tfx.components.Pusher(
+  pusher = Pusher(
       model=trainer.outputs["model"], model_blessing=evaluator.outputs["blessing"],
       push_destination=tfx.proto.PushDestination(
           filesystem=tfx.proto.PushDestination.Filesystem(
               base_directory=os.path.join(config.serving_dir, config.serving.model_name))),
-      custom_config={"label": "stable"},
-      custom_executor_spec=executor_spec.ExecutorClassSpec(pusher_executor.Executor))
+      custom_config={"label": "stable"})
   components += [evaluator, pusher]
 
   return tfx.dsl.Pipeline(

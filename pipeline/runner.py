@@ -13,9 +13,10 @@ import os
 import shutil
 from typing import Iterator
 
-from ckptflow.pipeline import data_validation, home_lock, metadata
+from ckptflow.pipeline import data_validation
+from ckptflow.base import home_lock, metadata
 from ckptflow.pipeline.config import PipelineConfig
-from ckptflow.pipeline.errors import CheckpointError, CkptflowError, ConfigError
+from ckptflow.base.errors import CheckpointError, CkptflowError, ConfigError
 
 MIN_FREE_ENV = "CKPTFLOW_MIN_FREE_MB"
 DEFAULT_MIN_FREE_MB = 64
@@ -168,8 +169,7 @@ def check_warm_start(config: PipelineConfig) -> None:
   if not os.path.isdir(record.uri):
     raise CheckpointError(f"warm_start: checkpoint {choice}'s directory "
                           f"{record.uri!r} is missing")
-  from ckptflow.pipeline.doctor import checkpoint_digest
-  if checkpoint_digest(record.uri)[1] != record.checksum:
+  if ckpt_records.directory_digest(record.uri)[1] != record.checksum:
     raise CheckpointError(f"warm_start: checkpoint {choice} at {record.uri!r} is "
                           "corrupted: its files do not match the recorded sha256")
 
@@ -196,21 +196,13 @@ def preflight(config: PipelineConfig) -> tuple[str, ...]:
   return summary.feature_keys
 
 
-def run(config: PipelineConfig) -> RunSummary:
-  """Validates `config` against its data, then runs the whole pipeline.
+def execute(config: PipelineConfig, feature_keys: tuple[str, ...]) -> None:
+  """Runs the whole pipeline on the configured local orchestrator.
 
-  Before the pipeline starts, and if no other ckptflow command is writing
-  in the home, repairs what killed commands left behind (`doctor.recover`).
-  While it runs it holds the home's shared lock, so that no repair mistakes
-  its unfinished writes for debris.
+  The caller has run `preflight` and `prepare_home`. While the pipeline
+  runs this holds the home's shared lock, so that no repair mistakes its
+  unfinished writes for debris, and points executors at the run's store.
   """
-  # Everything that can be checked is checked before anything is written.
-  feature_keys = preflight(config)
-  prepare_home(config)
-  metadata.open_store(config.metadata_target)  # reachable, and a real MLMD store
-  from ckptflow.pipeline import doctor
-  doctor.recover(config.metadata_target, doctor.home_at(config.home, config.serving_dir))
-
   from ckptflow.pipeline.pipeline import create_pipeline
   pipeline = create_pipeline(config, feature_keys=feature_keys)
   with home_lock.shared(config.home), metadata_env(config.metadata_target):
@@ -220,7 +212,6 @@ def run(config: PipelineConfig) -> RunSummary:
     else:
       from tfx.orchestration.local.local_dag_runner import LocalDagRunner
       LocalDagRunner().run(pipeline)
-  return summarize(config)
 
 
 def summarize(config: PipelineConfig) -> RunSummary:

@@ -24,7 +24,7 @@ import time
 
 from ckptflow.components import promotion
 from ckptflow.components.checkpoint import CheckpointRegistry
-from ckptflow.pipeline import home_lock, metadata
+from ckptflow.base import home_lock, metadata
 from reliability_support import (put_model, register_checkpoint, start_execution,
                                  write_checkpoint_dir)
 

@@ -20,8 +20,8 @@ import os
 import sys
 
 from ckptflow.components import promotion
-from ckptflow.pipeline import home_lock, metadata
-from ckptflow.pipeline.errors import CkptflowError
+from ckptflow.base import home_lock, metadata
+from ckptflow.base.errors import CkptflowError
 
 
 def newest(store, type_name: str):

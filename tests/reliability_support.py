@@ -20,8 +20,8 @@ from ml_metadata.proto import metadata_store_pb2
 
 from ckptflow.components import promotion
 from ckptflow.components.checkpoint import CheckpointRegistry, NewCheckpoint
-from ckptflow.pipeline import doctor
-from ckptflow.pipeline.metadata import open_store
+from ckptflow.operations import doctor
+from ckptflow.base.metadata import open_store
 
 CHECKPOINTS = pathlib.Path("pipeline_root", "CheckpointingTrainer", "checkpoints")
 MYSQL_HOST = os.environ.get("CKPTFLOW_TEST_MYSQL_HOST", "127.0.0.1")

@@ -20,7 +20,7 @@ def ckptflow(*args: str, env: dict | None = None, check: bool = True,
              timeout: float = 900) -> subprocess.CompletedProcess:
   """Runs the real `ckptflow` CLI in a subprocess."""
   full_env = os.environ | {"TF_USE_LEGACY_KERAS": "1"} | (env or {})
-  result = subprocess.run([sys.executable, "-m", "ckptflow.pipeline.cli", *args],
+  result = subprocess.run([sys.executable, "-m", "ckptflow.cli", *args],
                           capture_output=True, text=True, env=full_env, timeout=timeout)
   if check and result.returncode != 0:
     raise AssertionError(f"ckptflow {' '.join(args)} exited {result.returncode}:\n"

@@ -353,8 +353,9 @@ def test_push_onto_a_full_file_system_fails_and_leaves_no_version_or_record(tmp_
     code = (
         "import sys\n"
         "from ckptflow.components import promotion\n"
-        "from ckptflow.pipeline import cli, metadata\n"
-        "from ckptflow.pipeline.errors import CkptflowError\n"
+        "from ckptflow.cli import main as cli\n"
+        "from ckptflow.base import metadata\n"
+        "from ckptflow.base.errors import CkptflowError\n"
         "from reliability_support import put_model\n"
         "store = metadata.open_store(sys.argv[1])\n"
         "model = int(sys.argv[4])\n"

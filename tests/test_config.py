@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from ckptflow.pipeline.config import PipelineConfig
-from ckptflow.pipeline.errors import ConfigError, DataError
+from ckptflow.base.errors import ConfigError, DataError
 from support import ckptflow
 
 

@@ -16,7 +16,8 @@ from ml_metadata.proto import metadata_store_pb2
 from ckptflow.components import checkpoint as ckpt_records
 from ckptflow.components import promotion
 from ckptflow.components.pusher import serving
-from ckptflow.pipeline import doctor, home_lock
+from ckptflow.operations import doctor
+from ckptflow.base import home_lock
 from reliability_support import ToyHome, tree
 from support import ckptflow
 
@@ -196,7 +197,7 @@ def test_repair_is_refused_while_another_command_holds_the_home(toy):
   holder = subprocess.Popen(
       [sys.executable, "-c",
        "import sys, time\n"
-       "from ckptflow.pipeline import home_lock\n"
+       "from ckptflow.base import home_lock\n"
        "with home_lock.shared(sys.argv[1]):\n"
        "  print('held', flush=True); time.sleep(60)\n", str(toy.home)],
       stdout=subprocess.PIPE, text=True)
@@ -238,7 +239,7 @@ def test_doctor_on_missing_store_fails_with_one_line_and_creates_nothing(tmp_pat
 
 def test_doctor_does_not_import_tensorflow_or_tfx(toy):
   code = ("import sys\n"
-          "from ckptflow.pipeline import cli\n"
+          "from ckptflow.cli import main as cli\n"
           "rc = cli.main(['doctor', '--home', sys.argv[1]])\n"
           "heavy = [m for m in ('tensorflow', 'tfx') if m in sys.modules]\n"
           "print(rc, heavy)\n")

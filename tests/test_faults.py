@@ -26,7 +26,7 @@ import pytest
 from ckptflow.components import checkpoint as ckpt_records
 from ckptflow.components import promotion
 from ckptflow.components.pusher import serving
-from ckptflow.pipeline.metadata import open_store
+from ckptflow.base.metadata import open_store
 from support import ckptflow
 
 pytestmark = pytest.mark.e2e

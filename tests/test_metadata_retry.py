@@ -15,7 +15,7 @@ from ml_metadata.proto import metadata_store_pb2
 
 from ckptflow.components import checkpoint as ckpt_records
 from ckptflow.components.checkpoint import CheckpointRegistry
-from ckptflow.pipeline import metadata
+from ckptflow.base import metadata
 from reliability_support import (mysql_admin, mysql_database, mysql_target,  # noqa: F401
                                  register_checkpoint, start_execution, write_checkpoint_dir)
 
@@ -27,7 +27,7 @@ def test_retry_gives_up_after_a_bounded_number_of_logged_attempts(caplog):
     calls.append(1)
     raise mlmd_errors.AbortedError("transaction conflict")
 
-  with caplog.at_level(logging.WARNING, logger="ckptflow.pipeline.metadata"):
+  with caplog.at_level(logging.WARNING, logger="ckptflow.base.metadata"):
     with pytest.raises(mlmd_errors.AbortedError):
       metadata.retry(always_aborted, what="a conflicting write", attempts=4,
                      base_delay=0.001)
@@ -127,7 +127,7 @@ def test_mysql_connection_killed_between_transactions_is_retried_and_registers_o
   assert connections
   for connection in connections:  # as a server restart or a proxy timeout would
     mysql_admin(f"KILL {connection}")
-  with caplog.at_level(logging.WARNING, logger="ckptflow.pipeline.metadata"):
+  with caplog.at_level(logging.WARNING, logger="ckptflow.base.metadata"):
     record = register_checkpoint(
         registry, write_checkpoint_dir(tmp_path, execution_id, 2), 2)
   assert any("lost connection" in r.getMessage().lower()

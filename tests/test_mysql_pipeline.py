@@ -12,9 +12,10 @@ import sys
 import pytest
 from ml_metadata.proto import metadata_store_pb2
 
-from ckptflow.components import lineage, promotion
+from ckptflow.operations import lineage
+from ckptflow.components import promotion
 from ckptflow.components.pusher import serving
-from ckptflow.pipeline.metadata import open_store
+from ckptflow.base.metadata import open_store
 from reliability_support import mysql_admin, mysql_database, mysql_target  # noqa: F401
 from support import ckptflow
 

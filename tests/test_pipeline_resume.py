@@ -8,7 +8,7 @@ import pytest
 from ml_metadata.proto import metadata_store_pb2
 
 from ckptflow.components import checkpoint as ckpt
-from ckptflow.pipeline import metadata
+from ckptflow.base import metadata
 from support import ckptflow
 
 pytestmark = pytest.mark.e2e

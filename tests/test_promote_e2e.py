@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 from ml_metadata.proto import metadata_store_pb2
 
-from ckptflow.pipeline.metadata import open_store
+from ckptflow.base.metadata import open_store
 from support import E2E_EVERY, E2E_STEPS, ckptflow
 
 pytestmark = pytest.mark.e2e
@@ -361,7 +361,7 @@ def test_promote_killed_during_the_copy_leaves_no_partial_version_and_rerun_take
 
 
 def test_two_promotions_racing_on_one_model_get_distinct_versions(home):
-  command = [sys.executable, "-m", "ckptflow.pipeline.cli", "promote", "latest", "--force",
+  command = [sys.executable, "-m", "ckptflow.cli", "promote", "latest", "--force",
              "--model-name", "penguin_race", "--home", str(home), "--json"]
   env = os.environ | {"TF_USE_LEGACY_KERAS": "1"}
   racers = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -489,7 +489,7 @@ def test_promote_to_a_serving_dir_that_is_not_writable_fails_and_writes_nothing(
   before = snapshot(home)
 
   result = subprocess.run(
-      prefix + [sys.executable, "-m", "ckptflow.pipeline.cli", "promote", "step:200",
+      prefix + [sys.executable, "-m", "ckptflow.cli", "promote", "step:200",
                 "--serving-dir", str(readonly / "serving"), "--home", str(home)],
       capture_output=True, text=True, env=os.environ | {"TF_USE_LEGACY_KERAS": "1"},
       timeout=300)
@@ -504,7 +504,7 @@ def test_promote_to_a_serving_dir_that_is_not_writable_fails_and_writes_nothing(
 def test_metadata_only_commands_do_not_import_tensorflow_or_tfx(home, intermediate):
   code = (
       "import sys\n"
-      "from ckptflow.pipeline import cli\n"
+      "from ckptflow.cli import main as cli\n"
       f"assert cli.main(['lineage', 'penguin:2', '--home', {str(home)!r}]) == 0\n"
       f"assert cli.main(['rollback', 'no_such_model', '--home', {str(home)!r}]) == 2\n"
       "heavy = [m for m in ('tensorflow', 'tfx', 'tensorflow_model_analysis') "

@@ -20,8 +20,8 @@ from ml_metadata.proto import metadata_store_pb2
 from ckptflow.components import checkpoint as checkpoints_lib
 from ckptflow.components import promotion
 from ckptflow.components.checkpoint import CheckpointRegistry, NewCheckpoint
-from ckptflow.pipeline import report
-from ckptflow.pipeline.metadata import open_store
+from ckptflow.operations import report
+from ckptflow.base.metadata import open_store
 from support import ckptflow
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

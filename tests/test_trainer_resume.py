@@ -21,7 +21,7 @@ from ml_metadata.proto import metadata_store_pb2
 
 from ckptflow.components import checkpoint as ckpt
 from ckptflow.components.trainer import checkpoint_files
-from ckptflow.pipeline import metadata
+from ckptflow.base import metadata
 from support import DRIVER
 
 STEPS = 120

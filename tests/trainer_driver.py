@@ -31,7 +31,8 @@ from ckptflow.components.trainer.keras_callback import fit_with_checkpoints  # n
 from ckptflow.components.trainer.loop import (LoopSettings, TrainingInterrupted,  # noqa: E402
                                               TrainingLoop)
 from ckptflow.components.trainer.registration import MlmdCheckpointSink  # noqa: E402
-from ckptflow.pipeline import metadata, model  # noqa: E402
+from ckptflow.base import metadata  # noqa: E402
+from ckptflow.pipeline import model  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from support import finish_execution, start_execution  # noqa: E402

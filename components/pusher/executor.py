@@ -23,9 +23,9 @@ from tfx.utils import proto_utils
 
 from ckptflow.components import promotion
 from ckptflow.components.pusher import serving
-from ckptflow.pipeline import metadata
-from ckptflow.pipeline.errors import ServingError
-from ckptflow.pipeline.faults import fault_point
+from ckptflow.base import metadata
+from ckptflow.base.errors import ServingError
+from ckptflow.base.faults import fault_point
 
 
 class Executor(tfx_pusher_executor.Executor):

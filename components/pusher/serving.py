@@ -42,8 +42,8 @@ from typing import Iterable, Iterator, Mapping
 from google.protobuf import text_format
 from tensorflow_serving.config import model_server_config_pb2
 
-from ckptflow.pipeline.errors import ServingError
-from ckptflow.pipeline.faults import fault_point
+from ckptflow.base.errors import ServingError
+from ckptflow.base.faults import fault_point
 
 SAVED_MODEL_PB = "saved_model.pb"
 MODELS_CONFIG = "models.config"

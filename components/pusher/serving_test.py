@@ -12,7 +12,7 @@ from google.protobuf import text_format
 from tensorflow_serving.config import model_server_config_pb2
 
 from ckptflow.components.pusher import serving
-from ckptflow.pipeline.errors import ServingError
+from ckptflow.base.errors import ServingError
 
 
 def make_saved_model(path, marker="m", n_variable_files=3, size=4096):

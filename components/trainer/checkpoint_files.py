@@ -18,7 +18,7 @@ import shutil
 import tensorflow as tf
 
 from ckptflow.components.checkpoint import directory_digest
-from ckptflow.pipeline.errors import CheckpointError
+from ckptflow.base.errors import CheckpointError
 
 PREFIX = "ckpt"
 STAGING_SUFFIX = ".staging"

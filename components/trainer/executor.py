@@ -11,7 +11,7 @@ a failed or killed execution's checkpoints survive for the retry.
 
 Under TFX's runners checkpoints are linked to the execution TFX records;
 under KFP v2's container entrypoint the Trainer records an execution of its
-own per attempt (`ckptflow/kubeflow/trainer_attempt.py`).
+own per attempt (`components/kubeflow/trainer_attempt.py`).
 """
 
 from __future__ import annotations
@@ -39,8 +39,8 @@ from ckptflow.components.trainer.contract import TrainingSetup, TrainingSpec
 from ckptflow.components.trainer.keras_callback import fit_with_checkpoints
 from ckptflow.components.trainer.loop import LoopSettings, TrainingLoop, count_records
 from ckptflow.components.trainer.registration import MlmdCheckpointSink
-from ckptflow.pipeline import metadata
-from ckptflow.pipeline.errors import CheckpointError, ConfigError, DataError
+from ckptflow.base import metadata
+from ckptflow.base.errors import CheckpointError, ConfigError, DataError
 
 _log = logging.getLogger(__name__)
 
@@ -235,16 +235,7 @@ class Executor(base_executor.BaseExecutor):
   def Do(self, input_dict: Dict[str, List[types.Artifact]],
          output_dict: Dict[str, List[types.Artifact]],
          exec_properties: Dict[str, Any]) -> None:
-    self._attempt = None  # set when the Trainer records its own execution
-    try:
-      self._train(input_dict, output_dict, exec_properties)
-    except BaseException as e:
-      # Under a TFX runner TFX records the failure; on Kubeflow the Trainer's
-      # own execution must say it (a killed process says nothing: the next
-      # attempt closes it, see kubeflow/trainer_attempt.py).
-      if self._attempt is not None:
-        self._attempt.fail(f"{type(e).__name__}: {e}")
-      raise
+    self._train(input_dict, output_dict, exec_properties)
 
   def _train(self, input_dict: Dict[str, List[types.Artifact]],
              output_dict: Dict[str, List[types.Artifact]],
@@ -320,11 +311,8 @@ class Executor(base_executor.BaseExecutor):
     model_run.set_string_custom_property("metrics", json.dumps(result.metrics, sort_keys=True))
     if resumed is not None:
       model_run.set_int_custom_property("resumed_from_checkpoint", resumed.id)
-    if self._attempt is not None:
-      from ckptflow.kubeflow import trainer_attempt
-      trainer_attempt.finish(self._attempt, sink, output_dict,
-                             checkpoint_dir=loop_settings.checkpoint_dir,
-                             final_step=result.final_step)
+    self._on_trained(sink, output_dict, checkpoint_dir=loop_settings.checkpoint_dir,
+                     final_step=result.final_step)
     _log.info("trained to step %d; %d checkpoint(s) registered; model at %s",
               result.final_step, len(result.checkpoints), export_dir)
 
@@ -363,17 +351,19 @@ class Executor(base_executor.BaseExecutor):
 
   def _checkpoint_sink(self, store, resume_key: str, exec_properties: Dict[str, Any],
                        input_uris: Mapping[str, str]) -> MlmdCheckpointSink:
-    """Where checkpoints are registered: against the execution TFX made for
-    this run, or, when no TFX runner provides one (KFP v2's container
-    entrypoint), against an execution the Trainer records itself."""
-    # TFX's Python executor operator passes the MLMD execution id as the
-    # context's unique id (python_executor_operator.py); KFP's entrypoint
-    # passes a directory name instead.
+    """Where checkpoints are registered: against the execution a TFX runner
+    made for this run. TFX's Python executor operator passes that MLMD
+    execution id as the context's unique id (python_executor_operator.py).
+    The Kubeflow variant (`components/kubeflow/components.py`) overrides
+    this: KFP's entrypoint runs no TFX runner and records no execution."""
     unique_id = getattr(self._context, "_unique_id", None)
-    if unique_id is not None and str(unique_id).isdigit():
-      return MlmdCheckpointSink(store, int(unique_id), resume_key)
-    from ckptflow.kubeflow import trainer_attempt
-    run_id, task_name = trainer_attempt.run_identity(exec_properties)
-    self._attempt = trainer_attempt.start(store, run_id=run_id, task_name=task_name,
-                                          resume_key=resume_key, input_uris=input_uris)
-    return self._attempt.checkpoint_sink(resume_key)
+    if unique_id is None or not str(unique_id).isdigit():
+      raise CheckpointError(
+          "the Trainer executor runs without a TFX execution id (got "
+          f"{unique_id!r}); on Kubeflow use KubeflowCheckpointingTrainer")
+    return MlmdCheckpointSink(store, int(unique_id), resume_key)
+
+  def _on_trained(self, sink: MlmdCheckpointSink, output_dict, *, checkpoint_dir: str,
+                  final_step: int) -> None:
+    """Called once training and export have succeeded; TFX records the
+    execution itself, so nothing is left to do here."""

@@ -24,7 +24,7 @@ from ckptflow.components.checkpoint import CheckpointRecord
 from ckptflow.components.trainer import policies
 from ckptflow.components.trainer.loop import (Checkpointer, CheckpointSink, LoopResult,
                                               LoopSettings, TrainingInterrupted)
-from ckptflow.pipeline.faults import fault_point
+from ckptflow.base.faults import fault_point
 
 
 class CheckpointCallback(tf.keras.callbacks.Callback):

@@ -45,8 +45,8 @@ from ckptflow.components.checkpoint import CheckpointRecord, NewCheckpoint
 from ckptflow.components.trainer import checkpoint_files
 from ckptflow.components.trainer import policies
 from ckptflow.components.trainer.contract import TrainingSetup, default_eval_step
-from ckptflow.pipeline.errors import CheckpointError
-from ckptflow.pipeline.faults import fault_point
+from ckptflow.base.errors import CheckpointError
+from ckptflow.base.faults import fault_point
 
 _log = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ from ml_metadata.proto import metadata_store_pb2
 from ckptflow.components import checkpoint as ckpt_records
 from ckptflow.components.checkpoint import (CHECKPOINT_TYPE_NAME, CheckpointRecord,
                                             CheckpointRegistry, NewCheckpoint)
-from ckptflow.pipeline.metadata import query
+from ckptflow.base.metadata import query
 
 _log = logging.getLogger(__name__)
 

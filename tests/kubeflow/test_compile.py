@@ -64,7 +64,7 @@ def test_open_source_target_has_no_resolver_and_looks_up_its_baseline(compiled):
   assert "baseline_model" not in evaluator["artifacts"]
   assert evaluator["parameters"]["baseline_pipeline"] == {"runtimeValue": {"constant": "ckptflow"}}
   assert executors["Evaluator_executor"]["container"]["args"][1] == (
-      "ckptflow.kubeflow.components.KubeflowEvaluatorExecutor")
+      "ckptflow.components.kubeflow.components.KubeflowEvaluatorExecutor")
 
 
 def test_trainer_task_gets_the_kfp_run_id_a_retry_policy_and_declares_its_checkpoints(

@@ -24,8 +24,8 @@ from ml_metadata.proto import metadata_store_pb2
 from reliability_support import mysql_admin, mysql_reachable, mysql_target
 from support import ckptflow
 
-from ckptflow.components import lineage as lineage_lib
-from ckptflow.pipeline import metadata
+from ckptflow.operations import lineage as lineage_lib
+from ckptflow.base import metadata
 
 pytestmark = [pytest.mark.e2e, pytest.mark.mysql]
 

@@ -8,8 +8,8 @@ import pytest
 from ml_metadata.proto import metadata_store_pb2
 
 from ckptflow.components.checkpoint import NewCheckpoint
-from ckptflow.kubeflow import baseline, trainer_attempt
-from ckptflow.pipeline import metadata
+from ckptflow.components.kubeflow import baseline, trainer_attempt
+from ckptflow.base import metadata
 
 RESUME_KEY = "k" * 64
 TASK = "CheckpointingTrainer"

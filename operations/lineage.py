@@ -26,8 +26,8 @@ from ml_metadata.proto import metadata_store_pb2
 
 from ckptflow.components import promotion
 from ckptflow.components.pusher import serving
-from ckptflow.pipeline.errors import CkptflowError, MetadataError
-from ckptflow.pipeline.metadata import retry
+from ckptflow.base.errors import CkptflowError, MetadataError
+from ckptflow.base.metadata import retry
 
 DEFAULT_MAX_NODES = 500
 

@@ -55,8 +55,8 @@ from ml_metadata.proto import metadata_store_pb2
 from ckptflow.components import checkpoint as checkpoints
 from ckptflow.components.checkpoint import CheckpointRecord
 from ckptflow.components.pusher import serving
-from ckptflow.pipeline.errors import CheckpointError, CkptflowError
-from ckptflow.pipeline.metadata import query, retry
+from ckptflow.base.errors import CheckpointError, CkptflowError
+from ckptflow.base.metadata import query, retry
 
 EXPORT_TYPE_NAME = "ckptflow.Export"
 MODEL_TYPE_NAME = "Model"

@@ -37,16 +37,17 @@ from typing import Sequence
 from ml_metadata import metadata_store
 from ml_metadata.proto import metadata_store_pb2
 
-from ckptflow.components import checkpoint_export, promotion
-from ckptflow.components.candidate_evaluation import (DEFAULT_BEAM_ARGS, Evaluation,
+from ckptflow.operations import export as checkpoint_export
+from ckptflow.components import promotion
+from ckptflow.operations.evaluation import (DEFAULT_BEAM_ARGS, Evaluation,
                                                       evaluate_candidate, stable_baseline)
 from ckptflow.components.checkpoint import CheckpointRecord, get_checkpoint
-from ckptflow.components.checkpoint_export import ExportRecord, Training, properties
+from ckptflow.operations.export import ExportRecord, Training, properties
 from ckptflow.components.pusher import serving
-from ckptflow.pipeline import home_lock
+from ckptflow.base import home_lock
 from ckptflow.pipeline.config import PipelineConfig
-from ckptflow.pipeline.errors import CheckpointError
-from ckptflow.pipeline.metadata import query, retry
+from ckptflow.base.errors import CheckpointError
+from ckptflow.base.metadata import query, retry
 
 PROMOTION_DIR_NAME = "CheckpointPromotion"  # evaluations, under the pipeline root
 LABELS = ("stable", "canary")

@@ -31,10 +31,10 @@ from ml_metadata import metadata_store
 from ml_metadata.proto import metadata_store_pb2
 
 from ckptflow.components import promotion
-from ckptflow.components.checkpoint_export import (ensure_artifact_type, ensure_execution_type,
+from ckptflow.operations.export import (ensure_artifact_type, ensure_execution_type,
                                                    event)
-from ckptflow.pipeline.errors import CkptflowError
-from ckptflow.pipeline.metadata import query, retry
+from ckptflow.base.errors import CkptflowError
+from ckptflow.base.metadata import query, retry
 
 EVALUATE_TYPE_NAME = "ckptflow.Evaluate"
 BLESSING_TYPE_NAME = "ModelBlessing"

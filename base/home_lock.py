@@ -20,7 +20,7 @@ import fcntl
 import os
 from typing import Iterator
 
-from ckptflow.pipeline.errors import CkptflowError
+from ckptflow.base.errors import CkptflowError
 
 LOCK_NAME = ".ckptflow.lock"
 

@@ -10,11 +10,11 @@ import xml.etree.ElementTree as ElementTree
 import pytest
 from ml_metadata.proto import metadata_store_pb2
 
-from ckptflow.components import lineage as lineage_lib
+from ckptflow.operations import lineage as lineage_lib
 from ckptflow.components import promotion
 from ckptflow.components.checkpoint import CheckpointRegistry, NewCheckpoint
-from ckptflow.pipeline.errors import CkptflowError, MetadataError, ServingError
-from ckptflow.pipeline.metadata import open_store
+from ckptflow.base.errors import CkptflowError, MetadataError, ServingError
+from ckptflow.base.metadata import open_store
 
 INPUT = metadata_store_pb2.Event.INPUT
 OUTPUT = metadata_store_pb2.Event.OUTPUT
@@ -257,7 +257,7 @@ def test_artifact_read_twice_is_listed_once_and_shown_again_as_see_above(store):
 
 
 def test_serving_modules_import_without_tensorflow_or_tfx():
-  code = ("import sys, ckptflow.components.lineage, ckptflow.components.promotion, "
+  code = ("import sys, ckptflow.operations.lineage, ckptflow.components.promotion, "
           "ckptflow.components.pusher.serving; "
           "print(sorted(m for m in sys.modules if m.split('.')[0] in "
           "('tensorflow', 'tfx', 'keras', 'tf_keras')))")

@@ -23,7 +23,7 @@ import dataclasses
 from ml_metadata import metadata_store
 from ml_metadata.proto import metadata_store_pb2
 
-from ckptflow.pipeline.metadata import query
+from ckptflow.base.metadata import query
 
 BLESSING_TYPE_NAMES = ("tfx.ModelBlessing", "ModelBlessing")
 MODEL_TYPE_NAMES = ("tfx.Model", "Model")

@@ -29,7 +29,7 @@ from ml_metadata import errors as mlmd_errors
 from ml_metadata import metadata_store
 from ml_metadata.proto import metadata_store_pb2
 
-from ckptflow.pipeline.errors import MetadataError
+from ckptflow.base.errors import MetadataError
 
 METADATA_ENV = "CKPTFLOW_METADATA"
 

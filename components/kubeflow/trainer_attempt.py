@@ -40,8 +40,8 @@ from ml_metadata.proto import metadata_store_pb2
 
 from ckptflow.components.checkpoint import CheckpointRecord
 from ckptflow.components.trainer.registration import MlmdCheckpointSink
-from ckptflow.pipeline.errors import CkptflowError
-from ckptflow.pipeline.metadata import query, retry
+from ckptflow.base.errors import CkptflowError
+from ckptflow.base.metadata import query, retry
 
 _log = logging.getLogger(__name__)
 

@@ -72,8 +72,8 @@ from ml_metadata.proto import metadata_store_pb2
 from ckptflow.components import checkpoint as ckpt_records
 from ckptflow.components import promotion
 from ckptflow.components.pusher import serving
-from ckptflow.pipeline import home_lock, metadata
-from ckptflow.pipeline.errors import CkptflowError, ServingError
+from ckptflow.base import home_lock, metadata
+from ckptflow.base.errors import CkptflowError, ServingError
 
 _log = logging.getLogger(__name__)
 

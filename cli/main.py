@@ -22,7 +22,7 @@ from typing import Callable, Sequence
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")  # before TensorFlow loads
 
 from ckptflow.pipeline.config import PipelineConfig, default_home  # noqa: E402
-from ckptflow.pipeline.errors import CkptflowError  # noqa: E402
+from ckptflow.base.errors import CkptflowError  # noqa: E402
 
 _log = logging.getLogger("ckptflow")
 
@@ -59,13 +59,13 @@ def _serving_root(args) -> str:
 
 
 def _open_existing_store(args):
-  from ckptflow.pipeline import metadata
+  from ckptflow.base import metadata
   return metadata.open_store(_metadata_target(args), create=False)
 
 
 def cmd_export(args) -> int:
-  from ckptflow.components import checkpoint_export
-  from ckptflow.pipeline import home_lock
+  from ckptflow.operations import export as checkpoint_export
+  from ckptflow.base import home_lock
   store = _open_existing_store(args)
   record = checkpoint_export.resolve_checkpoint(store, args.checkpoint)
   with home_lock.shared(_home(args)):  # no repair runs while we write
@@ -83,7 +83,7 @@ def cmd_export(args) -> int:
 
 
 def cmd_promote(args) -> int:
-  from ckptflow.components import checkpoint_promotion
+  from ckptflow.operations import promote as checkpoint_promotion
   store = _open_existing_store(args)
   result = checkpoint_promotion.promote_checkpoint(
       store, args.checkpoint, home=_home(args), label=args.label, force=args.force,
@@ -101,7 +101,7 @@ def cmd_rollback(args) -> int:
   from ckptflow.components import promotion
   from ckptflow.components.pusher import serving
   serving.validate_model_name(args.model)
-  from ckptflow.pipeline import home_lock
+  from ckptflow.base import home_lock
   store = _open_existing_store(args)
   root = _serving_root(args)
   with home_lock.shared(_home(args)):  # no repair runs while we write
@@ -121,7 +121,7 @@ def cmd_rollback(args) -> int:
 
 def _write_output(path: str, text: str) -> None:
   """Replaces `path` with `text` atomically (temp file + rename)."""
-  from ckptflow.pipeline.errors import CkptflowError
+  from ckptflow.base.errors import CkptflowError
   target = os.path.abspath(path)
   tmp = f"{target}.tmp-{os.getpid()}"
   try:
@@ -135,7 +135,7 @@ def _write_output(path: str, text: str) -> None:
 
 
 def cmd_lineage(args) -> int:
-  from ckptflow.components import lineage
+  from ckptflow.operations import lineage
   store = _open_existing_store(args)
   graph = lineage.lineage(store, args.target, max_nodes=args.max_nodes)
   fmt = "json" if args.json else args.format
@@ -269,8 +269,8 @@ def cmd_run(args) -> int:
   env_target = os.environ.get("CKPTFLOW_METADATA", "").strip()
   if args.metadata is None and not config.run.metadata and env_target:
     config = config.replace(run={"metadata": env_target})
-  from ckptflow.pipeline import runner
-  summary = runner.run(config)
+  from ckptflow.operations import run as run_operation
+  summary = run_operation.run(config)
   for line in summary.lines():
     print(line)
   return 0
@@ -281,7 +281,7 @@ def cmd_run(args) -> int:
 
 def cmd_checkpoints(args) -> int:
   from ckptflow.components.checkpoint import list_checkpoints
-  from ckptflow.pipeline import metadata
+  from ckptflow.base import metadata
   store = metadata.open_store(_metadata_target(args), create=False)
   records = list_checkpoints(store)
   if not args.all:
@@ -304,7 +304,7 @@ def cmd_checkpoints(args) -> int:
 
 
 def cmd_doctor(args) -> int:
-  from ckptflow.pipeline import doctor
+  from ckptflow.operations import doctor
   where = doctor.home_at(_home(args), args.serving_dir)
   findings, busy = doctor.diagnose(_metadata_target(args), where, fix=args.repair,
                                    verify_checksums=not args.no_checksums)
@@ -442,7 +442,8 @@ def _add_kubeflow_commands(commands) -> None:
 
 
 def cmd_report(args) -> int:
-  from ckptflow.pipeline import metadata, report
+  from ckptflow.base import metadata
+  from ckptflow.operations import report
   store = _open_existing_store(args)
   out_dir = os.path.abspath(args.out or os.path.join(_home(args), "report"))
   serving_root = os.path.abspath(args.serving_dir or os.path.join(_home(args), "serving"))

@@ -17,8 +17,9 @@ from ckptflow.components.trainer.contract import TrainingSpec  # noqa: E402
 from ckptflow.components.trainer.executor import TrainerSettings, pick_warm_start  # noqa: E402
 from ckptflow.components.trainer.loop import LoopSettings, TrainingLoop  # noqa: E402
 from ckptflow.components.trainer.registration import MlmdCheckpointSink  # noqa: E402
-from ckptflow.pipeline import metadata, model  # noqa: E402
-from ckptflow.pipeline.errors import CheckpointError  # noqa: E402
+from ckptflow.base import metadata  # noqa: E402
+from ckptflow.pipeline import model  # noqa: E402
+from ckptflow.base.errors import CheckpointError  # noqa: E402
 from support import finish_execution, start_execution  # noqa: E402
 
 FEATURES = ("a", "b", "c")

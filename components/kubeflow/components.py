@@ -1,7 +1,8 @@
 """The components the Kubeflow target uses where the local pipeline's differ.
 
-* `KubeflowCheckpointingTrainer`: the checkpointing Trainer (same executor)
-  with two more parameters, `kfp_run_id` = `{{$.pipeline_job_uuid}}` (KFP
+* `KubeflowCheckpointingTrainer`: the checkpointing Trainer
+  with its own executor (`KubeflowTrainerExecutor`, which records the
+  execution KFP does not) and two more parameters, `kfp_run_id` = `{{$.pipeline_job_uuid}}` (KFP
   resolves it to the run id) and `kfp_task_name`, so the Trainer can record
   its own execution per attempt and resume a retried pod from the same run's
   checkpoints; and one more output, `checkpoints` (a `ckptflow.Checkpoints`
@@ -27,16 +28,44 @@ from tfx.types import artifact_utils, standard_artifacts, standard_component_spe
 from tfx.types.component_spec import ChannelParameter, ExecutionParameter
 from tfx.utils import json_utils
 
+from ckptflow.components.trainer import executor as trainer_executor
 from ckptflow.components.trainer.component import CheckpointingTrainer, CheckpointingTrainerSpec
-from ckptflow.kubeflow import baseline, trainer_attempt
-from ckptflow.kubeflow.artifacts import Checkpoints
-from ckptflow.pipeline import metadata
+from ckptflow.components.kubeflow import baseline, trainer_attempt
+from ckptflow.components.kubeflow.artifacts import Checkpoints
+from ckptflow.base import metadata
 
 BASELINE_PIPELINE_KEY = "baseline_pipeline"
 # TFX's KFP entrypoint maps this int property to a KFP artifact name, which it
 # knows only for the task's own inputs; a looked-up baseline is not one.
 _TFX_BASELINE_MODEL_ID_KEY = "baseline_model_id"
 BASELINE_MODEL_MLMD_ID_KEY = "baseline_model_mlmd_id"
+
+
+class KubeflowTrainerExecutor(trainer_executor.Executor):
+  """The Trainer executor in a KFP v2 task: no TFX runner records an
+  execution there, so it records its own (`trainer_attempt`), registers
+  checkpoints against it, and closes it with the outcome."""
+
+  def Do(self, input_dict, output_dict, exec_properties) -> None:
+    self._attempt = None  # set once the attempt's execution is recorded
+    try:
+      super().Do(input_dict, output_dict, exec_properties)
+    except BaseException as e:
+      # A killed process says nothing: the next attempt closes it
+      # (trainer_attempt.start).
+      if self._attempt is not None:
+        self._attempt.fail(f"{type(e).__name__}: {e}")
+      raise
+
+  def _checkpoint_sink(self, store, resume_key, exec_properties, input_uris):
+    run_id, task_name = trainer_attempt.run_identity(exec_properties)
+    self._attempt = trainer_attempt.start(store, run_id=run_id, task_name=task_name,
+                                          resume_key=resume_key, input_uris=input_uris)
+    return self._attempt.checkpoint_sink(resume_key)
+
+  def _on_trained(self, sink, output_dict, *, checkpoint_dir, final_step) -> None:
+    trainer_attempt.finish(self._attempt, sink, output_dict,
+                           checkpoint_dir=checkpoint_dir, final_step=final_step)
 
 
 class KubeflowTrainerSpec(CheckpointingTrainerSpec):
@@ -58,6 +87,7 @@ class KubeflowCheckpointingTrainer(CheckpointingTrainer):
   """
 
   SPEC_CLASS = KubeflowTrainerSpec
+  EXECUTOR_SPEC = executor_spec.ExecutorClassSpec(KubeflowTrainerExecutor)
 
   def __init__(self, *, task_name: str = "CheckpointingTrainer", **kwargs: Any):
     self._task_name = task_name

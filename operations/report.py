@@ -46,11 +46,11 @@ from ml_metadata import metadata_store
 from ml_metadata.proto import metadata_store_pb2
 
 from ckptflow.components import checkpoint as checkpoints_lib
-from ckptflow.components import lineage as lineage_lib
+from ckptflow.operations import lineage as lineage_lib
 from ckptflow.components import promotion
 from ckptflow.components.checkpoint import CheckpointRecord
-from ckptflow.pipeline.errors import CkptflowError
-from ckptflow.pipeline.metadata import query
+from ckptflow.base.errors import CkptflowError
+from ckptflow.base.metadata import query
 
 _log = logging.getLogger(__name__)
 

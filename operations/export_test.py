@@ -8,11 +8,11 @@ import os
 import pytest
 from ml_metadata.proto import metadata_store_pb2
 
-from ckptflow.components import checkpoint_export
+from ckptflow.operations import export as checkpoint_export
 from ckptflow.components.checkpoint import (CheckpointRegistry, NewCheckpoint,
                                             get_checkpoint, set_states)
-from ckptflow.pipeline.errors import CheckpointError, CkptflowError
-from ckptflow.pipeline.metadata import open_store
+from ckptflow.base.errors import CheckpointError, CkptflowError
+from ckptflow.base.metadata import open_store
 from reliability_support import mysql_database, mysql_target  # noqa: F401 (fixture)
 
 INPUT = metadata_store_pb2.Event.INPUT
@@ -201,9 +201,9 @@ def test_export_modules_import_without_tensorflow_or_tfx():
   import subprocess
   import sys
   code = ("import sys\n"
-          "import ckptflow.components.checkpoint_export, "
-          "ckptflow.components.checkpoint_promotion, "
-          "ckptflow.components.candidate_evaluation\n"
+          "import ckptflow.operations.export, "
+          "ckptflow.operations.promote, "
+          "ckptflow.operations.evaluation\n"
           "heavy = sorted(m for m in ('tensorflow', 'tfx', 'tensorflow_model_analysis') "
           "if m in sys.modules)\n"
           "assert not heavy, heavy\n")

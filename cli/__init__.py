@@ -1,0 +1,1 @@
+"""The ckptflow command line: the top layer."""

@@ -1,0 +1,25 @@
+"""`ckptflow run`: check everything, repair what killed commands left, run
+the pipeline, and say where its results are."""
+
+from __future__ import annotations
+
+from ckptflow.base import metadata
+from ckptflow.operations import doctor
+from ckptflow.pipeline import runner
+from ckptflow.pipeline.config import PipelineConfig
+
+
+def run(config: PipelineConfig) -> runner.RunSummary:
+  """Validates `config` against its data, then runs the whole pipeline.
+
+  Everything that can be checked is checked before anything is written
+  (`runner.preflight`). Before the pipeline starts, and if no other ckptflow
+  command is writing in the home, repairs what killed commands left behind
+  (`doctor.recover`).
+  """
+  feature_keys = runner.preflight(config)
+  runner.prepare_home(config)
+  metadata.open_store(config.metadata_target)  # reachable, and a real MLMD store
+  doctor.recover(config.metadata_target, doctor.home_at(config.home, config.serving_dir))
+  runner.execute(config, feature_keys)
+  return runner.summarize(config)
