@@ -21,20 +21,11 @@ from typing import Callable, Sequence
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")  # before TensorFlow loads
 
+from ckptflow.cli import flags  # noqa: E402
 from ckptflow.pipeline.config import PipelineConfig, default_home  # noqa: E402
 from ckptflow.base.errors import CkptflowError  # noqa: E402
 
 _log = logging.getLogger("ckptflow")
-
-
-def _add_home(parser: argparse.ArgumentParser) -> None:
-  parser.add_argument("--home", default=None,
-                      help="where runs keep metadata, artifacts and served models "
-                      "(default: $CKPTFLOW_HOME, else ./ckptflow_home)")
-  parser.add_argument("--metadata", default=None,
-                      help="metadata store: a SQLite path, mysql://USER:PASS@HOST:PORT/DB "
-                      "or grpc://HOST:PORT (default: $CKPTFLOW_METADATA, else "
-                      "HOME/metadata.sqlite)")
 
 
 def _home(args) -> str:
@@ -159,25 +150,24 @@ def cmd_lineage(args) -> int:
 def _add_serving_commands(commands) -> None:
   export = commands.add_parser(
       "export", help="export a checkpoint as a SavedModel Model artifact",
+      parents=flags.parents(flags.json_flag()),
       description="Rebuild the model from the module and hyperparameters its Trainer "
       "recorded, restore CHECKPOINT, write a SavedModel (signatures serving_default "
       "on serialized tf.Example and serving_raw on features) and record a Model "
       "artifact whose execution has the Checkpoint as INPUT. An earlier export of "
       "the same checkpoint is reused. The checkpoint is protected from pruning.")
-  _add_home(export)
   export.add_argument("checkpoint", metavar="CHECKPOINT",
                       help="a Checkpoint artifact id, step:N (latest run), best or latest")
-  export.add_argument("--json", action="store_true", help="one JSON document on stdout")
   export.set_defaults(handler=cmd_export)
 
   promote = commands.add_parser(
       "promote", help="export, evaluate and push a checkpoint to TF Serving",
+      parents=flags.parents(flags.serving_dir_flag(), flags.json_flag()),
       description="Export CHECKPOINT (or reuse its export), evaluate it with the "
       "pipeline's TFMA EvalConfig against the version labelled stable (recorded as "
       "a ModelBlessing), and push it as the next version with the label if blessed, "
       "or with --force. Exit 0 when pushed; 1 when not blessed (recorded in MLMD, "
       "nothing pushed); 2 on bad input.")
-  _add_home(promote)
   promote.add_argument("checkpoint", metavar="CHECKPOINT",
                        help="a Checkpoint artifact id, step:N (latest run), best or latest")
   promote.add_argument("--label", choices=("stable", "canary"), default="stable",
@@ -187,29 +177,25 @@ def _add_serving_commands(commands) -> None:
   promote.add_argument("--config", help="TOML config for the blessing rule and model "
                        "name (default: what the checkpoint's pipeline run recorded)")
   promote.add_argument("--model-name", help="served model name (default: the run's)")
-  promote.add_argument("--serving-dir", help="TF Serving root (default: HOME/serving)")
-  promote.add_argument("--json", action="store_true", help="one JSON document on stdout")
   promote.set_defaults(handler=cmd_promote)
 
   rollback = commands.add_parser(
       "rollback", help="move a model's stable label back",
+      parents=flags.parents(flags.serving_dir_flag(), flags.json_flag()),
       description="Move the stable label of MODEL back to the previous stable "
       "version (or --to VERSION), recorded as an MLMD execution, and rewrite "
       "models.config.")
-  _add_home(rollback)
   rollback.add_argument("model", metavar="MODEL", help="served model name")
   rollback.add_argument("--to", type=int, metavar="VERSION",
                         help="the served version to roll back to")
-  rollback.add_argument("--serving-dir", help="TF Serving root (default: HOME/serving)")
-  rollback.add_argument("--json", action="store_true", help="one JSON document on stdout")
   rollback.set_defaults(handler=cmd_rollback)
 
   lineage = commands.add_parser(
       "lineage", help="where a served model or artifact came from",
+      parents=flags.parents(),
       description="Walk MLMD events upstream from TARGET: served version -> "
       "PushedModel -> Model -> Checkpoint -> Trainer execution -> Examples/Schema "
       "-> ExampleGen.")
-  _add_home(lineage)
   lineage.add_argument("target", metavar="TARGET",
                        help="a served MODEL:VERSION, or an artifact id")
   lineage.add_argument("--format", choices=("text", "json", "dot", "svg"), default="text",
@@ -224,35 +210,13 @@ def _add_serving_commands(commands) -> None:
 # --- run -------------------------------------------------------------------
 
 
-def _config_from_args(args, *, sample_data: bool = True) -> PipelineConfig:
+def _config_from_args(args, command: str, *, sample_data: bool = True) -> PipelineConfig:
   config = PipelineConfig.from_toml(args.config) if args.config else PipelineConfig()
-  overrides: dict[str, dict] = {"data": {}, "training": {}, "serving": {}, "run": {}}
-  if args.data is not None:
-    overrides["data"]["path"] = args.data
-  if args.label is not None:
-    overrides["data"]["label"] = args.label
-  if args.features is not None:
-    overrides["data"]["features"] = tuple(f for f in args.features.split(",") if f)
-  for flag, field in (("train_steps", "train_steps"), ("checkpoint_every", "checkpoint_every"),
-                      ("batch_size", "batch_size"), ("warm_start", "warm_start"),
-                      ("keep_last", "keep_last"), ("module", "module"),
-                      ("eval_every", "eval_every")):
-    if getattr(args, flag) is not None:
-      overrides["training"][field] = getattr(args, flag)
-  if args.async_checkpoint:
-    overrides["training"]["async_checkpoint"] = True
-  if args.model_name is not None:
-    overrides["serving"]["model_name"] = args.model_name
+  overrides = flags.config_overrides(args, command)
   if args.home is not None or not args.config:
-    overrides["run"]["home"] = _home(args)
-  if args.metadata is not None:
-    overrides["run"]["metadata"] = args.metadata
-  if args.orchestrator is not None:
-    overrides["run"]["orchestrator"] = args.orchestrator
-  if args.beam_arg:
-    overrides["run"]["beam_args"] = tuple(args.beam_arg)
-  if args.no_cache:
-    overrides["run"]["enable_cache"] = False
+    overrides.setdefault("run", {})["home"] = _home(args)
+  if command == flags.RUN and args.metadata is not None:
+    overrides.setdefault("run", {})["metadata"] = args.metadata
   config = config.replace(**{k: v for k, v in overrides.items() if v})
   if not config.data.path and sample_data:
     from ckptflow.pipeline.sample_data import write_sample_data
@@ -263,7 +227,7 @@ def _config_from_args(args, *, sample_data: bool = True) -> PipelineConfig:
 
 
 def cmd_run(args) -> int:
-  config = _config_from_args(args)
+  config = _config_from_args(args, flags.RUN)
   # Like every other subcommand: --metadata, else the config file, else
   # $CKPTFLOW_METADATA, else HOME/metadata.sqlite.
   env_target = os.environ.get("CKPTFLOW_METADATA", "").strip()
@@ -341,8 +305,7 @@ def cmd_compile(args) -> int:
   # --metadata names the store the tasks use (CKPTFLOW_METADATA in their pods).
   env = kfp_compile.parse_env(list(args.env) + (
       [f"CKPTFLOW_METADATA={args.metadata}"] if args.metadata else []))
-  args.metadata, args.orchestrator, args.async_checkpoint = None, None, False
-  config = _config_from_args(args, sample_data=False)
+  config = _config_from_args(args, flags.COMPILE, sample_data=False)
   features = None
   if not config.data.path:
     if not config.data.features:
@@ -380,10 +343,12 @@ def cmd_submit(args) -> int:
 def _add_kubeflow_commands(commands) -> None:
   compile_ = commands.add_parser(
       "compile", help="compile the pipeline to a Kubeflow Pipelines v2 spec",
+      parents=flags.parents(flags.config_flags(flags.COMPILE), flags.serving_dir_flag(
+          "TF Serving root the Pusher writes to, reachable from every task "
+          "(default: the config's)")),
       description="Compile create_pipeline(config) with TFX's KubeflowV2DagRunner into "
       "OUT/pipeline.json (PipelineJob) and OUT/pipeline.yaml (PipelineSpec). The data "
       "location (parameter data_root) and the pipeline root are chosen per run.")
-  _add_home(compile_)
   compile_.add_argument("--target", choices=("kubeflow", "vertex"), default="kubeflow",
                         help="kubeflow: open-source KFP v2, no Resolver nodes (default); "
                         "vertex: Vertex AI Pipelines, with the Resolver")
@@ -392,8 +357,6 @@ def _add_kubeflow_commands(commands) -> None:
                         "kubeflow/Dockerfile (default: $CKPTFLOW_IMAGE)")
   compile_.add_argument("--pipeline-root", help="default pipeline root written into "
                         "pipeline.json (default: none; KFP's own)")
-  compile_.add_argument("--serving-dir", help="TF Serving root the Pusher writes to, "
-                        "reachable from every task (default: the config's)")
   compile_.add_argument("--pipeline-name", help="pipeline name (default: the config's)")
   compile_.add_argument("--env", action="append", default=[],
                         help="NAME=VALUE in every task's environment, e.g. "
@@ -402,28 +365,12 @@ def _add_kubeflow_commands(commands) -> None:
   compile_.add_argument("--trainer-retries", type=int, default=3,
                         help="KFP retries of a failed (preempted) Trainer task; each "
                         "resumes from the last checkpoint (default: 3)")
-  compile_.add_argument("--config", help="TOML config file")
-  compile_.add_argument("--data", help="directory of CSV files: read for the columns, "
-                        "and the default of data_root")
-  compile_.add_argument("--label", help="label column")
-  compile_.add_argument("--features", help="comma-separated feature columns")
-  compile_.add_argument("--model-name", help="served model name")
-  compile_.add_argument("--module", help="model module: import path or .py file")
-  compile_.add_argument("--train-steps", type=int)
-  compile_.add_argument("--batch-size", type=int)
-  compile_.add_argument("--checkpoint-every", type=int)
-  compile_.add_argument("--eval-every", type=int)
-  compile_.add_argument("--keep-last", type=int)
-  compile_.add_argument("--warm-start", help="none, latest, best, or a checkpoint id")
-  compile_.add_argument("--beam-arg", action="append", default=[],
-                        help="a Beam pipeline flag for every task (repeatable)")
-  compile_.add_argument("--no-cache", action="store_true", help="disable KFP caching")
   compile_.set_defaults(handler=cmd_compile)
 
   submit = commands.add_parser(
       "submit", help="upload a compiled spec to Kubeflow Pipelines and start a run",
+      parents=flags.parents(),
       description="Check the compiled spec, then start a run of it with kfp.Client.")
-  _add_home(submit)
   submit.add_argument("--host", required=True, help="KFP API endpoint, e.g. "
                       "http://localhost:8080")
   submit.add_argument("--spec", help="compiled pipeline.yaml/.json or its directory "
@@ -456,14 +403,12 @@ def cmd_report(args) -> int:
 def _add_report_command(commands) -> None:
   report = commands.add_parser(
       "report", help="write an HTML report with plots of checkpoints, served versions "
-      "and lineage",
+      "and lineage", parents=flags.parents(flags.serving_dir_flag()),
       description="Write DIR/index.html (default HOME/report): metrics by step with "
       "every checkpoint marked (pruned, kept, exported, promoted, served), served "
       "versions over time, and the lineage graph of each stable version. The page "
       "uses only files beside it, so it opens without network access.")
-  _add_home(report)
   report.add_argument("--out", metavar="DIR", help="where to write (default: HOME/report)")
-  report.add_argument("--serving-dir", help="TF Serving root (default: HOME/serving)")
   report.set_defaults(handler=cmd_report)
 
 
@@ -479,53 +424,28 @@ def build_parser() -> argparse.ArgumentParser:
   commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
   run = commands.add_parser("run", help="run the pipeline end to end",
+                            parents=flags.parents(flags.config_flags(flags.RUN)),
                             description="Run ExampleGen -> ... -> Trainer -> Evaluator -> "
                             "Pusher on this machine. Flags override the config file.")
-  _add_home(run)
-  run.add_argument("--config", help="TOML config file (sections data, training, "
-                   "evaluation, serving, run)")
-  run.add_argument("--data", help="directory of CSV files (default: a generated sample)")
-  run.add_argument("--label", help="label column")
-  run.add_argument("--features", help="comma-separated feature columns (default: all others)")
-  run.add_argument("--model-name", help="served model name")
-  run.add_argument("--module", help="model module: import path or .py file")
-  run.add_argument("--train-steps", type=int)
-  run.add_argument("--batch-size", type=int)
-  run.add_argument("--checkpoint-every", type=int, help="save a checkpoint every N steps")
-  run.add_argument("--eval-every", type=int, help="evaluate on the eval split every N steps")
-  run.add_argument("--keep-last", type=int, help="keep only the last K checkpoints")
-  run.add_argument("--warm-start", help="none, latest, best, or a checkpoint artifact id")
-  run.add_argument("--async-checkpoint", action="store_true",
-                   help="write checkpoints in the background")
-  run.add_argument("--orchestrator", choices=("local", "beam"),
-                   help="TFX LocalDagRunner (default) or BeamDagRunner")
-  run.add_argument("--beam-arg", action="append", default=[],
-                   help="a Beam pipeline flag, e.g. --beam-arg=--direct_num_workers=2 "
-                   "(repeatable)")
-  run.add_argument("--no-cache", action="store_true", help="rerun every component")
   run.set_defaults(handler=cmd_run)
 
-  checkpoints = commands.add_parser("checkpoints", help="list checkpoints recorded in MLMD")
-  _add_home(checkpoints)
-  checkpoints.add_argument("--json", action="store_true", help="one JSON document on stdout")
+  checkpoints = commands.add_parser("checkpoints", help="list checkpoints recorded in MLMD",
+                                    parents=flags.parents(flags.json_flag()))
   checkpoints.add_argument("--all", action="store_true", help="include pruned checkpoints")
   checkpoints.set_defaults(handler=cmd_checkpoints)
 
   doctor = commands.add_parser(
       "doctor", help="check that MLMD and the files of a home agree (and repair)",
+      parents=flags.parents(flags.serving_dir_flag(), flags.json_flag()),
       description="Report disagreements between MLMD and the files of a home: "
       "checkpoint directories without artifacts and the reverse, served versions "
       "without records and the reverse, leftovers of killed writes, a stale "
       "models.config. Exit 0 when clean, 1 when findings remain.")
-  _add_home(doctor)
-  doctor.add_argument("--serving-dir", default=None,
-                      help="the TF Serving root (default: HOME/serving)")
   doctor.add_argument("--repair", action="store_true",
                       help="fix what is found (refused while another ckptflow "
                       "command writes in the home)")
   doctor.add_argument("--no-checksums", action="store_true",
                       help="do not re-hash LIVE checkpoints (only check they exist)")
-  doctor.add_argument("--json", action="store_true", help="one JSON document on stdout")
   doctor.set_defaults(handler=cmd_doctor)
   _add_serving_commands(commands)
   _add_kubeflow_commands(commands)

@@ -1,0 +1,56 @@
+"""The pipeline flags are declared once (cli/flags.py) and map onto real
+config fields; `run` and `compile` share them."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from ckptflow.cli import flags
+from ckptflow.cli.main import build_parser
+from ckptflow.pipeline.config import PipelineConfig
+
+
+@pytest.mark.parametrize("flag", flags.CONFIG_FLAGS, ids=lambda f: f.flag)
+def test_every_config_flag_names_a_field_of_its_config_section(flag):
+  section = getattr(PipelineConfig(), flag.section)
+  assert flag.field in {f.name for f in dataclasses.fields(section)}
+
+
+def test_run_and_compile_parse_the_shared_flags_into_the_same_overrides():
+  shared = ["--data", "d", "--label", "y", "--features", "a,b", "--model-name", "m",
+            "--train-steps", "7", "--checkpoint-every", "3", "--keep-last", "2",
+            "--warm-start", "best", "--beam-arg=--direct_num_workers=2", "--no-cache"]
+  parser = build_parser()
+  run = parser.parse_args(["run", *shared, "--async-checkpoint", "--orchestrator", "beam"])
+  compiled = parser.parse_args(["compile", *shared])
+  expected = {
+      "data": {"path": "d", "label": "y", "features": ("a", "b")},
+      "serving": {"model_name": "m"},
+      "training": {"train_steps": 7, "checkpoint_every": 3, "keep_last": 2,
+                   "warm_start": "best"},
+      "run": {"beam_args": ("--direct_num_workers=2",), "enable_cache": False},
+  }
+  assert flags.config_overrides(compiled, flags.COMPILE) == expected
+  run_overrides = flags.config_overrides(run, flags.RUN)
+  assert run_overrides["training"].pop("async_checkpoint") is True
+  assert run_overrides["run"].pop("orchestrator") == "beam"
+  assert run_overrides == expected
+
+
+def test_flags_left_out_override_nothing():
+  args = build_parser().parse_args(["run"])
+  assert flags.config_overrides(args, flags.RUN) == {}
+
+
+def test_integer_flags_take_their_type_from_the_config_field(capsys):
+  with pytest.raises(SystemExit):
+    build_parser().parse_args(["run", "--train-steps", "many"])
+  assert "--train-steps: invalid int value: 'many'" in capsys.readouterr().err
+
+
+def test_run_only_flags_are_refused_by_compile(capsys):
+  with pytest.raises(SystemExit):
+    build_parser().parse_args(["compile", "--async-checkpoint"])
+  assert "unrecognized arguments: --async-checkpoint" in capsys.readouterr().err
