@@ -12,7 +12,6 @@ they are imported inside the handlers that need them.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import logging
 import os
@@ -24,6 +23,7 @@ os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")  # before TensorFlow loads
 from ckptflow.cli import flags  # noqa: E402
 from ckptflow.pipeline.config import PipelineConfig, default_home  # noqa: E402
 from ckptflow.base.errors import CkptflowError  # noqa: E402
+from ckptflow.base.home import Home, shared_lock  # noqa: E402
 
 _log = logging.getLogger("ckptflow")
 
@@ -32,9 +32,14 @@ def _home(args) -> str:
   return os.path.abspath(args.home or default_home())
 
 
+def _where(args) -> Home:
+  """The home the command works in, with its --serving-dir if it has one."""
+  return Home(_home(args), getattr(args, "serving_dir", None))
+
+
 def _metadata_target(args) -> str:
-  return args.metadata or os.environ.get("CKPTFLOW_METADATA") or os.path.join(
-      _home(args), "metadata.sqlite")
+  return args.metadata or os.environ.get("CKPTFLOW_METADATA") or _where(
+      args).metadata_sqlite
 
 
 def _print_json(document) -> None:
@@ -45,10 +50,6 @@ def _print_json(document) -> None:
 # --- export, promote, rollback, lineage ----------------------------------------
 
 
-def _serving_root(args) -> str:
-  return os.path.abspath(args.serving_dir or os.path.join(_home(args), "serving"))
-
-
 def _open_existing_store(args):
   from ckptflow.base import metadata
   return metadata.open_store(_metadata_target(args), create=False)
@@ -56,13 +57,12 @@ def _open_existing_store(args):
 
 def cmd_export(args) -> int:
   from ckptflow.operations import export as checkpoint_export
-  from ckptflow.base import home_lock
   store = _open_existing_store(args)
   record = checkpoint_export.resolve_checkpoint(store, args.checkpoint)
-  with home_lock.shared(_home(args)):  # no repair runs while we write
-    exported = checkpoint_export.export_checkpoint(
-        store, record, export_root=os.path.join(_home(args), "pipeline_root",
-                                                checkpoint_export.EXPORT_DIR_NAME))
+  where = _where(args)
+  with shared_lock(where):  # no repair runs while we write
+    exported = checkpoint_export.export_checkpoint(store, record,
+                                                   export_root=where.export_root)
   if args.json:
     _print_json({"checkpoint": record.as_json(), "export": exported.as_json()})
     return 0
@@ -89,39 +89,32 @@ def cmd_promote(args) -> int:
 
 
 def cmd_rollback(args) -> int:
+  from ckptflow.base.names import validate_model_name
+  model = validate_model_name(args.model)
   from ckptflow.components import promotion
-  from ckptflow.components.pusher import serving
-  serving.validate_model_name(args.model)
-  from ckptflow.base import home_lock
   store = _open_existing_store(args)
-  root = _serving_root(args)
-  with home_lock.shared(_home(args)):  # no repair runs while we write
-    previous, current = promotion.rollback(store, root, args.model, args.to)
-  labels = promotion.current_labels(store, args.model)
+  where = _where(args)
+  with shared_lock(where):  # no repair runs while we write
+    previous, current = promotion.rollback(store, where.serving_root, model, args.to)
+  labels = promotion.current_labels(store, model)
   if args.json:
-    _print_json({"model_name": args.model, "label": promotion.STABLE,
+    _print_json({"model_name": model, "label": promotion.STABLE,
                  "previous_version": previous, "version": current, "labels": labels,
-                 "models_config": serving.models_config_path(root)})
+                 "models_config": where.models_config})
   elif previous == current:
-    print(f"{args.model}: stable is already version {current}; models.config rewritten")
+    print(f"{model}: stable is already version {current}; models.config rewritten")
   else:
-    print(f"{args.model}: stable moved from version {previous} to version {current}; "
-          f"models.config rewritten ({serving.models_config_path(root)})")
+    print(f"{model}: stable moved from version {previous} to version {current}; "
+          f"models.config rewritten ({where.models_config})")
   return 0
 
 
 def _write_output(path: str, text: str) -> None:
   """Replaces `path` with `text` atomically (temp file + rename)."""
-  from ckptflow.base.errors import CkptflowError
-  target = os.path.abspath(path)
-  tmp = f"{target}.tmp-{os.getpid()}"
+  from ckptflow.base import storage
   try:
-    with open(tmp, "w", encoding="utf-8") as f:
-      f.write(text)
-    os.replace(tmp, target)
+    storage.atomic_write(os.path.abspath(path), text)
   except OSError as e:
-    with contextlib.suppress(OSError):
-      os.unlink(tmp)
     raise CkptflowError(f"cannot write {path!r}: {e.strerror or e}") from e
 
 
@@ -220,7 +213,7 @@ def _config_from_args(args, command: str, *, sample_data: bool = True) -> Pipeli
   config = config.replace(**{k: v for k, v in overrides.items() if v})
   if not config.data.path and sample_data:
     from ckptflow.pipeline.sample_data import write_sample_data
-    sample_dir = write_sample_data(os.path.join(config.home, "data", "sample"))
+    sample_dir = write_sample_data(config.home_layout.sample_data_dir)
     _log.info("no --data given: using the generated sample dataset in %s", sample_dir)
     config = config.replace(data={"path": sample_dir})
   return config
@@ -269,7 +262,7 @@ def cmd_checkpoints(args) -> int:
 
 def cmd_doctor(args) -> int:
   from ckptflow.operations import doctor
-  where = doctor.home_at(_home(args), args.serving_dir)
+  where = _where(args)
   findings, busy = doctor.diagnose(_metadata_target(args), where, fix=args.repair,
                                    verify_checksums=not args.no_checksums)
   remaining = [f for f in findings if not f.repaired]
@@ -296,7 +289,7 @@ def cmd_doctor(args) -> int:
 
 
 def _kubeflow_dir(args) -> str:
-  return os.path.join(_home(args), "kubeflow")
+  return _where(args).kubeflow_dir
 
 
 def cmd_compile(args) -> int:
@@ -327,12 +320,8 @@ def cmd_compile(args) -> int:
 
 def cmd_submit(args) -> int:
   from ckptflow.kubeflow import submit as kfp_submit
-  params = {}
-  for pair in args.param:
-    name, sep, value = pair.partition("=")
-    if not sep or not name:
-      raise CkptflowError(f"--param {pair!r} is not NAME=VALUE")
-    params[name] = value
+  from ckptflow.base.names import parse_assignments
+  params = parse_assignments(args.param, flag="--param")
   run = kfp_submit.submit(args.spec or _kubeflow_dir(args), host=args.host,
                           experiment=args.experiment, params=params,
                           pipeline_root=args.pipeline_root, run_name=args.run_name)
@@ -392,9 +381,9 @@ def cmd_report(args) -> int:
   from ckptflow.base import metadata
   from ckptflow.operations import report
   store = _open_existing_store(args)
-  out_dir = os.path.abspath(args.out or os.path.join(_home(args), "report"))
-  serving_root = os.path.abspath(args.serving_dir or os.path.join(_home(args), "serving"))
-  index = report.write_report(store, out_dir, serving_root=serving_root,
+  where = _where(args)
+  out_dir = os.path.abspath(args.out or where.report_dir)
+  index = report.write_report(store, out_dir, serving_root=where.serving_root,
                               title_target=metadata.describe(_metadata_target(args)))
   print(f"report: {index}")
   return 0

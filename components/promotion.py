@@ -43,6 +43,7 @@ from ckptflow.components.pusher import serving
 from ckptflow.components.pusher.serving import ServedVersion
 from ckptflow.base.errors import MetadataError, ServingError
 from ckptflow.base.faults import fault_point
+from ckptflow.base.names import validate_model_name
 from ckptflow.base.metadata import retry
 
 PUSHED_MODEL_TYPE_NAME = "PushedModel"
@@ -298,7 +299,7 @@ def record_not_pushed(store: metadata_store.MetadataStore, *, model_artifact_id:
     ServingError: the model name is invalid.
     MetadataError: the model or blessing id is unknown or of the wrong type.
   """
-  serving.validate_model_name(model_name)
+  validate_model_name(model_name)
   _check_inputs(store, model_artifact_id, blessing_artifact_id, forced=True)
   type_ids = ensure_types(store)
   pushed = metadata_store_pb2.Artifact(
@@ -357,7 +358,7 @@ def served_versions(store: metadata_store.MetadataStore,
   Any PushedModel with pushed=1 and the model_name / version (or
   pushed_version) custom properties counts, whichever executor wrote it.
   """
-  serving.validate_model_name(model_name)
+  validate_model_name(model_name)
   return [r for r in all_served_versions(store) if r.model_name == model_name]
 
 
@@ -511,7 +512,7 @@ def rollback(store: metadata_store.MetadataStore, serving_root: str,
       `to_version` is not a served version with a directory. Nothing is
       written.
   """
-  serving.validate_model_name(model_name)
+  validate_model_name(model_name)
   # Checked once before taking the lock, so a refused rollback creates
   # nothing (not even the lock file), and again under it, where it counts.
   _rollback_target(store, serving_root, model_name, to_version)
@@ -637,7 +638,7 @@ def promote(store: metadata_store.MetadataStore, *, saved_model_dir: str,
     ServingError, MetadataError: as `push_saved_model`, `record_push`, and
       `serving.check_signature`.
   """
-  serving.validate_model_name(model_name)
+  validate_model_name(model_name)
   serving.validate_label(label)
   if required_signature:
     serving.check_signature(saved_model_dir, required_signature)

@@ -16,7 +16,7 @@ compiled spec serves many runs. Every task runs `image` (built from
 `kubeflow/Dockerfile`), with the `--env` variables given. The Trainer task
 has a retry policy: KFP retries a failed (preempted) Trainer pod, which
 resumes from the run's last registered checkpoint. Both files are written to a temporary name and
-renamed, so a failed compile leaves no half-written spec.
+renamed (`storage.atomic_write_all`), so a failed compile leaves no half-written spec.
 
 TFX is imported inside `compile_pipeline` only.
 """
@@ -28,7 +28,6 @@ import json
 import logging
 import os
 import re
-import tempfile
 import warnings
 from typing import Mapping, Sequence
 
@@ -36,7 +35,7 @@ import yaml
 from google.protobuf import json_format
 from kfp.pipeline_spec import pipeline_spec_pb2
 
-from ckptflow.base import metadata
+from ckptflow.base import metadata, names, storage
 from ckptflow.pipeline.config import PipelineConfig
 from ckptflow.base.errors import CkptflowError
 
@@ -47,7 +46,7 @@ DATA_ROOT_PARAMETER = "data_root"
 TRAINER_TASK = "CheckpointingTrainer"
 # A preempted Trainer pod is retried and resumes from its last checkpoint.
 DEFAULT_TRAINER_RETRIES = 3
-_ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 KUBEFLOW_TARGETS = ("kubeflow", "vertex")
 JSON_NAME = "pipeline.json"
 YAML_NAME = "pipeline.yaml"
@@ -97,17 +96,14 @@ def parse_env(pairs: Sequence[str]) -> dict[str, str]:
     CompileError: a pair is malformed, or a metadata target in it holds a
       password (a compiled spec is not a secret store).
   """
-  env = {}
-  for pair in pairs:
-    name, sep, value = pair.partition("=")
-    if not sep or not _ENV_NAME_RE.match(name):
-      raise CompileError(f"--env {pair!r} is not NAME=VALUE with NAME an environment "
-                         "variable name")
+  env = names.parse_assignments(pairs, flag="--env", name_pattern=_ENV_NAME_RE,
+                                name_expected="an environment variable name",
+                                error=CompileError)
+  for name, value in env.items():
     if "://" in value and metadata.describe(value) != value:
       raise CompileError(f"task environment {name}={metadata.describe(value)} holds a "
                          "password; a compiled spec is not a secret store. Set it on the "
                          "task pods from a Kubernetes Secret instead (kubeflow/README.md)")
-    env[name] = value
   return env
 
 
@@ -134,22 +130,12 @@ def _yaml_text(spec: dict, description: str) -> str:
 
 def _write_atomically(out_dir: str, files: dict[str, str]) -> None:
   """Writes every file under a temporary name first, then renames each."""
-  staged = []
   try:
-    for name, text in files.items():
-      fd, tmp = tempfile.mkstemp(prefix=f".{name}.", dir=out_dir)
-      staged.append((tmp, os.path.join(out_dir, name)))
-      with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(text)
-      os.chmod(tmp, 0o644)  # mkstemp makes it private; a spec is not secret
-    for tmp, final in staged:
-      os.replace(tmp, final)
+    storage.atomic_write_all({os.path.join(out_dir, name): text
+                              for name, text in files.items()},
+                             mode=0o644)  # a spec is not secret
   except OSError as e:
     raise CompileError(f"cannot write the compiled spec to {out_dir!r}: {e.strerror}") from e
-  finally:
-    for tmp, _ in staged:
-      if os.path.exists(tmp):
-        os.remove(tmp)
 
 
 def build_job(config: PipelineConfig, *, image: str, target: str = "kubeflow",

@@ -18,6 +18,7 @@ import json
 import os
 import sys
 
+from ckptflow.base import storage
 from ckptflow.pipeline.config import PipelineConfig
 
 GOLDEN_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "testdata",
@@ -63,10 +64,7 @@ def render() -> str:
 def main() -> int:
   text = render()
   os.makedirs(os.path.dirname(GOLDEN_PATH), exist_ok=True)
-  tmp = GOLDEN_PATH + ".tmp"
-  with open(tmp, "w", encoding="utf-8") as f:
-    f.write(text)
-  os.replace(tmp, GOLDEN_PATH)
+  storage.atomic_write(GOLDEN_PATH, text)
   print(f"wrote {GOLDEN_PATH}")
   return 0
 

@@ -49,9 +49,13 @@ Scope: artifacts whose files are under HOME (checkpoints) or under the
 serving root (served versions); a store shared by several homes is checked
 one home at a time, and a home must be used with one store only.
 
-Repairs that delete files need the home's exclusive lock (`home_lock`): they
-are refused while another ckptflow command is writing in the home, so a
-live command's half-finished work is never taken for debris.
+Repairs that delete files need the home's exclusive lock
+(`base.home.exclusive_lock_if_idle`): they are refused while another ckptflow
+command is writing in the home, so a live command's half-finished work is
+never taken for debris.
+
+Where it looks is a `base.home.Home`: the home, its pipeline root (and the
+checkpoint roots in it) and its serving root.
 
 Imports neither TensorFlow nor TFX.
 """
@@ -72,19 +76,19 @@ from ml_metadata.proto import metadata_store_pb2
 from ckptflow.components import checkpoint as ckpt_records
 from ckptflow.components import promotion
 from ckptflow.components.pusher import serving
-from ckptflow.base import home_lock, metadata
+from ckptflow.base import metadata, names, storage
 from ckptflow.base.errors import CkptflowError, ServingError
+from ckptflow.base.home import Home, exclusive_lock_if_idle
 
 _log = logging.getLogger(__name__)
 
 # The Trainer's layout (components/trainer/checkpoint_files.py and
 # executor.py); restated here so that doctor does not import TensorFlow.
-CHECKPOINTS_DIR = "checkpoints"
+# Its checkpoint roots are `Home.checkpoint_roots()`.
 CHECKPOINT_DIR_RE = re.compile(r"step-\d+")
 CHECKPOINT_STAGING_SUFFIX = ".staging"
-# `ckptflow export`'s layout (components/checkpoint_export.py):
-# pipeline_root/CheckpointExport/checkpoint-<id>/export-<time>[.staging].
-EXPORT_DIR = "CheckpointExport"
+# `ckptflow export`'s layout (operations/export.py):
+# Home.export_root/checkpoint-<id>/export-<time>[.staging].
 EXPORT_PREFIX = "export-"
 
 _UNPUBLISH_PREFIX = ".unrecorded-"
@@ -117,33 +121,6 @@ class Finding:
   def line(self) -> str:
     done = f"  [repaired: {self.repair}]" if self.repaired else ""
     return f"{self.kind:<19} {self.subject}: {self.detail}{done}"
-
-
-@dataclasses.dataclass(frozen=True)
-class Home:
-  """Where doctor looks: the home, its pipeline root and serving root."""
-
-  home: str
-  serving_root: str
-
-  @property
-  def pipeline_root(self) -> str:
-    return os.path.join(self.home, "pipeline_root")
-
-  def checkpoint_roots(self) -> list[str]:
-    """`pipeline_root/<node>/checkpoints` of every node that has one."""
-    try:
-      nodes = sorted(os.scandir(self.pipeline_root), key=lambda e: e.name)
-    except FileNotFoundError:
-      return []
-    return [path for e in nodes
-            if e.is_dir() and os.path.isdir(path := os.path.join(e.path, CHECKPOINTS_DIR))]
-
-
-def home_at(home: str, serving_root: str | None = None) -> Home:
-  home = os.path.abspath(home)
-  return Home(home=home, serving_root=os.path.abspath(
-      serving_root or os.path.join(home, "serving")))
 
 
 def checkpoint_digest(directory: str) -> tuple[int, str]:
@@ -218,7 +195,7 @@ def _check_checkpoints(store, where: Home, verify_checksums: bool) -> list[Findi
 
 
 def _check_exports(store, where: Home) -> list[Finding]:
-  root = os.path.join(where.pipeline_root, EXPORT_DIR)
+  root = where.export_root
   exports = []
   with contextlib.suppress(FileNotFoundError):
     for checkpoint_dir in sorted(os.scandir(root), key=lambda e: e.name):
@@ -249,15 +226,13 @@ def _model_names(serving_root: str) -> list[str]:
     entries = sorted(os.scandir(serving_root), key=lambda e: e.name)
   except FileNotFoundError:
     return []
-  names = []
+  found = []
   for entry in entries:
     if not entry.is_dir() or entry.name.startswith("."):
       continue
-    try:
-      names.append(serving.validate_model_name(entry.name))
-    except ServingError:
-      continue
-  return names
+    if names.model_name_problem(entry.name) is None:
+      found.append(names.ModelName(entry.name))
+  return found
 
 
 def _pushed_states(store, artifact_ids: Sequence[int]) -> dict[int, int]:
@@ -304,7 +279,7 @@ def _check_models_config(store, root: str) -> list[Finding]:
   config_path = serving.models_config_path(root)
   with contextlib.suppress(FileNotFoundError):
     for entry in sorted(os.scandir(root), key=lambda e: e.name):
-      if entry.name.startswith(".models.config.tmp-"):
+      if entry.name.startswith(serving.MODELS_CONFIG_TMP_PREFIX):
         findings.append(Finding(
             "models-config", entry.path,
             "temp file of a models.config writer that died", "deleted"))
@@ -357,7 +332,7 @@ def _unpublish_version(path: str) -> None:
   # listing) stop seeing the version in one step, whatever happens next.
   hidden = os.path.join(os.path.dirname(path),
                         f"{_UNPUBLISH_PREFIX}{os.path.basename(path)}-{os.getpid()}")
-  os.rename(path, hidden)
+  storage.publish_dir(path, hidden)
   _remove_tree(hidden)
 
 
@@ -386,7 +361,7 @@ def _apply(store, where: Home, finding: Finding) -> None:
   elif kind == "version-missing":
     _mark_deleted(store, finding.artifact_id, "doctor: version directory missing")
   elif kind == "models-config":
-    if os.path.basename(finding.subject).startswith(".models.config.tmp-"):
+    if os.path.basename(finding.subject).startswith(serving.MODELS_CONFIG_TMP_PREFIX):
       with contextlib.suppress(FileNotFoundError):
         os.unlink(finding.subject)
     else:
@@ -411,7 +386,7 @@ def repair(store: metadata_store.MetadataStore, where: Home,
            findings: Sequence[Finding]) -> list[Finding]:
   """Resolves `findings` (see the module docstring); marks each repaired.
 
-  The caller must hold the home's exclusive lock (`home_lock`).
+  The caller must hold the home's exclusive lock (`exclusive_lock_if_idle`).
 
   Raises:
     CkptflowError: a file cannot be deleted or MLMD cannot be written; the
@@ -439,11 +414,11 @@ def diagnose(target: str, where: Home, *, fix: bool = False,
   """
   store = metadata.open_store(target, create=False)
   if not fix:
-    with home_lock.exclusive_if_idle(where.home, create=False) as idle:
+    with exclusive_lock_if_idle(where, create=False) as idle:
       return check(store, where, verify_checksums=verify_checksums), not idle
   if not os.path.isdir(where.home):
     raise CkptflowError(f"home {where.home!r} does not exist")
-  with home_lock.exclusive_if_idle(where.home) as idle:
+  with exclusive_lock_if_idle(where) as idle:
     if not idle:
       raise CkptflowError(
           f"another ckptflow command is writing in {where.home!r}; --repair needs "
@@ -460,7 +435,7 @@ def recover(target: str, where: Home) -> list[Finding]:
   path = metadata.sqlite_path(target)
   if not os.path.isdir(where.home) or (path is not None and not os.path.isfile(path)):
     return []  # nothing was ever written here
-  with home_lock.exclusive_if_idle(where.home) as idle:
+  with exclusive_lock_if_idle(where) as idle:
     if not idle:
       _log.info("another ckptflow command is writing in %s; skipping recovery",
                 where.home)

@@ -21,7 +21,7 @@ Guarantees:
   export's files become visible. If the export fails, the protection is put
   back as it was.
 * An export is written into a `.staging` directory, fsynced, renamed into
-  place, and only then recorded, in one MLMD transaction (execution, Model,
+  place (`storage.publish_dir`), and only then recorded, in one MLMD transaction (execution, Model,
   events). A killed export leaves at most a staging directory (removed by
   the next export of that checkpoint) or an unrecorded directory; never a
   record without its files.
@@ -40,13 +40,12 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime
-import fcntl
 import importlib.metadata
 import json
 import logging
 import os
 import shutil
-from typing import Any, Iterator, Mapping
+from typing import Any, Mapping
 
 from ml_metadata import errors as mlmd_errors
 from ml_metadata import metadata_store
@@ -54,13 +53,14 @@ from ml_metadata.proto import metadata_store_pb2
 
 from ckptflow.components import checkpoint as checkpoints
 from ckptflow.components.checkpoint import CheckpointRecord
-from ckptflow.components.pusher import serving
+from ckptflow.base import home as home_layout
+from ckptflow.base import storage
 from ckptflow.base.errors import CheckpointError, CkptflowError
 from ckptflow.base.metadata import query, retry
 
 EXPORT_TYPE_NAME = "ckptflow.Export"
 MODEL_TYPE_NAME = "Model"
-EXPORT_DIR_NAME = "CheckpointExport"  # under the pipeline root
+EXPORT_DIR_NAME = home_layout.EXPORT_DIR  # under the pipeline root: Home.export_root
 SERVING_DIR_NAME = "Format-Serving"  # TFX's layout inside a Model artifact
 STAGING_SUFFIX = ".staging"
 
@@ -404,7 +404,7 @@ def check_writable_dir(path: str, what: str) -> str:
     CkptflowError: it is not a directory, or cannot be written or created.
   """
   path = os.path.abspath(path)
-  probe = serving.nearest_existing(path)
+  probe = storage.nearest_existing(path)
   if not os.path.isdir(probe):
     raise CkptflowError(f"{what} {path!r} cannot be created: {probe!r} is not a "
                         "directory. Expected a directory this user can write")
@@ -412,33 +412,6 @@ def check_writable_dir(path: str, what: str) -> str:
     raise CkptflowError(f"{what} {path!r} is not writable ({probe!r} is read-only "
                         "for this user). Expected a directory this user can write")
   return path
-
-
-@contextlib.contextmanager
-def _exclusive(path: str) -> Iterator[None]:
-  fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-  try:
-    fcntl.flock(fd, fcntl.LOCK_EX)
-    yield
-  finally:
-    os.close(fd)
-
-
-def _fsync_tree(root: str) -> None:
-  """fsyncs every file and directory under `root`, children first."""
-  for dirpath, _, filenames in os.walk(root, topdown=False):
-    for name in filenames:
-      with open(os.path.join(dirpath, name), "rb") as f:
-        os.fsync(f.fileno())
-    _fsync_dir(dirpath)
-
-
-def _fsync_dir(path: str) -> None:
-  fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-  try:
-    os.fsync(fd)
-  finally:
-    os.close(fd)
 
 
 # --- rebuild and export (TensorFlow) -------------------------------------------
@@ -552,7 +525,7 @@ def export_checkpoint(store: metadata_store.MetadataStore, record: CheckpointRec
   training = training_of(store, record)
   directory = os.path.join(os.path.abspath(export_root), f"checkpoint-{record.id}")
   os.makedirs(directory, exist_ok=True)
-  with _exclusive(os.path.join(directory, ".lock")):
+  with storage.file_lock(os.path.join(directory, ".lock")):
     if reuse:
       existing = find_export(store, record.id)
       if existing is not None:
@@ -576,10 +549,13 @@ def export_checkpoint(store: metadata_store.MetadataStore, record: CheckpointRec
       os.mkdir(staging)
       saved_model_export.export_saved_model(
           rebuilt.model, os.path.join(staging, SERVING_DIR_NAME), rebuilt.feature_dtypes)
-      _fsync_tree(staging)
-      os.rename(staging, uri)
+      storage.fsync_tree(staging)
+      try:
+        storage.publish_dir(staging, uri)  # rename, then fsync `directory`
+      except storage.NotDurableError:
+        published = True  # visible under `uri`: removed below
+        raise
       published = True
-      _fsync_dir(directory)
       return _record_export(
           store, current, uri, fingerprint=rebuilt.fingerprint, module=rebuilt.module,
           feature_dtypes={k: v.name for k, v in rebuilt.feature_dtypes.items()})

@@ -44,7 +44,7 @@ from ckptflow.operations.evaluation import (DEFAULT_BEAM_ARGS, Evaluation,
 from ckptflow.components.checkpoint import CheckpointRecord, get_checkpoint
 from ckptflow.operations.export import ExportRecord, Training, properties
 from ckptflow.components.pusher import serving
-from ckptflow.base import home_lock
+from ckptflow.base.home import shared_lock
 from ckptflow.pipeline.config import PipelineConfig
 from ckptflow.base.errors import CheckpointError
 from ckptflow.base.metadata import query, retry
@@ -256,7 +256,7 @@ def promote_checkpoint(store: metadata_store.MetadataStore, spec: str, *, home: 
       os.path.join(home, "pipeline_root"), "pipeline root")
   # The shared home lock: `doctor --repair` (and the recovery `run` starts
   # with) must not take this promotion's unfinished files for debris.
-  with home_lock.shared(home):
+  with shared_lock(home):
     return _export_evaluate_push(store, record, training, settings, pipeline_root,
                                  label=label, force=force)
 

@@ -49,6 +49,7 @@ from ckptflow.components import checkpoint as checkpoints_lib
 from ckptflow.operations import lineage as lineage_lib
 from ckptflow.components import promotion
 from ckptflow.components.checkpoint import CheckpointRecord
+from ckptflow.base import storage
 from ckptflow.base.errors import CkptflowError
 from ckptflow.base.metadata import query
 
@@ -527,16 +528,8 @@ def render_html(data: ReportData, *, title_target: str, lineage_files: Mapping[s
 
 def _publish(directory: str, name: str, write) -> str:
   """Writes a file under a temporary name with `write(path)`, then renames
-  it into place."""
-  final = os.path.join(directory, name)
-  staging = os.path.join(directory, f".{name}.{os.getpid()}.tmp")
-  try:
-    write(staging)
-    os.replace(staging, final)
-  finally:
-    if os.path.exists(staging):
-      os.remove(staging)
-  return final
+  it into place (`storage.atomic_write`)."""
+  return storage.atomic_write(os.path.join(directory, name), write)
 
 
 def _write_text(text: str):

@@ -20,6 +20,6 @@ def run(config: PipelineConfig) -> runner.RunSummary:
   feature_keys = runner.preflight(config)
   runner.prepare_home(config)
   metadata.open_store(config.metadata_target)  # reachable, and a real MLMD store
-  doctor.recover(config.metadata_target, doctor.home_at(config.home, config.serving_dir))
+  doctor.recover(config.metadata_target, config.home_layout)
   runner.execute(config, feature_keys)
   return runner.summarize(config)

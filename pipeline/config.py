@@ -19,7 +19,9 @@ import tomllib
 import typing
 from typing import Any, Mapping
 
+from ckptflow.base import names
 from ckptflow.base.errors import ConfigError, DataError
+from ckptflow.base.home import Home
 
 DEFAULT_HOME_ENV = "CKPTFLOW_HOME"
 WARM_START_CHOICES = ("none", "latest", "best")
@@ -180,15 +182,15 @@ class EvaluationConfig:
 
 @dataclasses.dataclass(frozen=True)
 class ServingConfig:
+  """Where pushes go. `model_name` is held as a `names.ModelName`."""
+
   model_name: str = "penguin"
   serving_dir: str = ""  # empty: HOME/serving
 
   def __post_init__(self):
-    import re
-    if not isinstance(self.model_name, str) or not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]*", self.model_name) \
-        or ".." in self.model_name:
-      _fail("serving.model_name", self.model_name,
-            "letters, digits, '_', '-', '.' (no '/', no '..')")
+    if names.model_name_problem(self.model_name) is not None:
+      _fail("serving.model_name", self.model_name, names.MODEL_NAME_EXPECTED)
+    object.__setattr__(self, "model_name", names.ModelName(self.model_name))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -233,22 +235,27 @@ class PipelineConfig:
   serving: ServingConfig = dataclasses.field(default_factory=ServingConfig)
   run: RunConfig = dataclasses.field(default_factory=RunConfig)
 
-  # Paths a run derives from `run.home`.
+  # Paths a run derives from `run.home` and `serving.serving_dir`.
+  @property
+  def home_layout(self) -> Home:
+    """The run's home (`base.home.Home`): every path in it, absolute."""
+    return Home(self.run.home, self.serving.serving_dir or None)
+
   @property
   def home(self) -> str:
-    return os.path.abspath(self.run.home)
+    return self.home_layout.home
 
   @property
   def metadata_target(self) -> str:
-    return self.run.metadata or os.path.join(self.home, "metadata.sqlite")
+    return self.run.metadata or self.home_layout.metadata_sqlite
 
   @property
   def pipeline_root(self) -> str:
-    return os.path.join(self.home, "pipeline_root")
+    return self.home_layout.pipeline_root
 
   @property
   def serving_dir(self) -> str:
-    return os.path.abspath(self.serving.serving_dir or os.path.join(self.home, "serving"))
+    return self.home_layout.serving_root
 
   def replace(self, **sections: Mapping[str, Any]) -> "PipelineConfig":
     """A copy with fields of the named sections replaced (and re-checked)."""

@@ -14,7 +14,8 @@ import shutil
 from typing import Iterator
 
 from ckptflow.pipeline import data_validation
-from ckptflow.base import home_lock, metadata
+from ckptflow.base import metadata, storage
+from ckptflow.base.home import Home, shared_lock
 from ckptflow.pipeline.config import PipelineConfig
 from ckptflow.base.errors import CheckpointError, CkptflowError, ConfigError
 
@@ -39,7 +40,7 @@ class RunSummary:
   def lines(self) -> list[str]:
     served = self.served_version_path or "nothing pushed (model not blessed)"
     return [f"served model:    {served}",
-            f"serving config:  {os.path.join(self.serving_dir, 'models.config')}",
+            f"serving config:  {Home(self.home, self.serving_dir).models_config}",
             f"metadata store:  {metadata.describe(self.metadata)}",
             f"checkpoints:     {self.checkpoints} registered, under "
             f"{self.pipeline_root}/CheckpointingTrainer/checkpoints",
@@ -62,16 +63,6 @@ def metadata_env(target: str) -> Iterator[None]:
       os.environ[metadata.METADATA_ENV] = previous
 
 
-def _nearest_existing_dir(path: str) -> str:
-  probe = os.path.abspath(path)
-  while not os.path.isdir(probe):
-    parent = os.path.dirname(probe)
-    if parent == probe:
-      break
-    probe = parent
-  return probe
-
-
 def min_free_bytes() -> int:
   """The free space a run needs before it starts: CKPTFLOW_MIN_FREE_MB
   (default 64) MiB on the file systems of the home and the serving root."""
@@ -89,7 +80,7 @@ def check_free_space(config: PipelineConfig) -> None:
   failed executions behind, one that never starts leaves nothing."""
   needed = min_free_bytes()
   for path in (config.home, config.serving_dir):
-    existing = _nearest_existing_dir(path)
+    existing = storage.nearest_existing(path)
     free = shutil.disk_usage(existing).free
     if free < needed:
       raise CkptflowError(
@@ -101,12 +92,10 @@ def check_free_space(config: PipelineConfig) -> None:
 def check_directories(config: PipelineConfig) -> None:
   """Fails, writing nothing, unless the home layout can be created."""
   for path in (config.home, config.pipeline_root, config.serving_dir):
-    existing = _nearest_existing_dir(path)
-    if existing != os.path.abspath(path):
-      blocking = os.path.join(existing, os.path.relpath(path, existing).split(os.sep)[0])
-      if os.path.lexists(blocking):
-        raise CkptflowError(f"cannot create directory {path!r}: {blocking!r} is a "
-                            "file. Expected a directory path")
+    existing = storage.nearest_existing(path)
+    if not os.path.isdir(existing):
+      raise CkptflowError(f"cannot create directory {path!r}: {existing!r} is a "
+                          "file. Expected a directory path")
     if not os.access(existing, os.W_OK | os.X_OK):
       raise CkptflowError(f"directory {existing!r} is not writable; cannot create "
                           f"or write {path!r}")
@@ -205,7 +194,7 @@ def execute(config: PipelineConfig, feature_keys: tuple[str, ...]) -> None:
   """
   from ckptflow.pipeline.pipeline import create_pipeline
   pipeline = create_pipeline(config, feature_keys=feature_keys)
-  with home_lock.shared(config.home), metadata_env(config.metadata_target):
+  with shared_lock(config.home_layout), metadata_env(config.metadata_target):
     if config.run.orchestrator == "beam":
       from tfx.orchestration.beam.beam_dag_runner import BeamDagRunner
       BeamDagRunner().run(pipeline)

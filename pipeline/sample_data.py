@@ -9,9 +9,10 @@ features scaled to [0, 1].
 from __future__ import annotations
 
 import os
-import tempfile
 
 import numpy as np
+
+from ckptflow.base import storage
 
 FEATURES = ("culmen_length_mm", "culmen_depth_mm", "flipper_length_mm", "body_mass_g")
 LABEL = "species"
@@ -41,8 +42,5 @@ def write_sample_data(directory: str, *, rows: int = 3000, seed: int = 7) -> str
     with open(path) as f:
       if f.read() == content:
         return directory  # unchanged input keeps TFX's cache valid
-  fd, tmp = tempfile.mkstemp(dir=directory, prefix=".data.csv.")
-  with os.fdopen(fd, "w") as f:
-    f.write(content)
-  os.replace(tmp, path)
+  storage.atomic_write(path, content)
   return directory

@@ -24,7 +24,8 @@ import time
 
 from ckptflow.components import promotion
 from ckptflow.components.checkpoint import CheckpointRegistry
-from ckptflow.base import home_lock, metadata
+from ckptflow.base import metadata
+from ckptflow.base.home import shared_lock
 from reliability_support import (put_model, register_checkpoint, start_execution,
                                  write_checkpoint_dir)
 
@@ -59,7 +60,7 @@ def main() -> int:
     ids.append(register_checkpoint(registry, directory, step).id)
   model_id = metadata.retry(lambda: put_model(store, args.saved_model),
                             what="recording the Model")
-  with home_lock.shared(str(home)):
+  with shared_lock(str(home)):
     record = promotion.promote(store, saved_model_dir=args.saved_model,
                                serving_root=str(home / "serving"),
                                model_name=args.model_name, model_artifact_id=model_id,

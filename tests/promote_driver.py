@@ -20,7 +20,8 @@ import os
 import sys
 
 from ckptflow.components import promotion
-from ckptflow.base import home_lock, metadata
+from ckptflow.base import metadata
+from ckptflow.base.home import shared_lock
 from ckptflow.base.errors import CkptflowError
 
 
@@ -55,7 +56,7 @@ def main() -> int:
     else:
       model_id = args.model_id
       saved_model = args.saved_model
-    with home_lock.shared(home):
+    with shared_lock(home):
       record = promotion.promote(
           store, saved_model_dir=saved_model,
           serving_root=args.serving_dir or os.path.join(home, "serving"),

@@ -21,6 +21,7 @@ from ml_metadata.proto import metadata_store_pb2
 from ckptflow.components import promotion
 from ckptflow.components.checkpoint import CheckpointRegistry, NewCheckpoint
 from ckptflow.operations import doctor
+from ckptflow.base.home import Home
 from ckptflow.base.metadata import open_store
 
 CHECKPOINTS = pathlib.Path("pipeline_root", "CheckpointingTrainer", "checkpoints")
@@ -95,8 +96,8 @@ class ToyHome:
                              serving_root=str(self.serving), model_name=name,
                              model_artifact_id=model_id)
 
-  def where(self) -> doctor.Home:
-    return doctor.home_at(str(self.home))
+  def where(self) -> Home:
+    return Home(str(self.home))
 
   def findings(self, **kwargs) -> list[doctor.Finding]:
     findings, _ = doctor.diagnose(self.target, self.where(), **kwargs)

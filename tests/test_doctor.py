@@ -17,7 +17,7 @@ from ckptflow.components import checkpoint as ckpt_records
 from ckptflow.components import promotion
 from ckptflow.components.pusher import serving
 from ckptflow.operations import doctor
-from ckptflow.base import home_lock
+from ckptflow.base.home import shared_lock
 from reliability_support import ToyHome, tree
 from support import ckptflow
 
@@ -197,8 +197,8 @@ def test_repair_is_refused_while_another_command_holds_the_home(toy):
   holder = subprocess.Popen(
       [sys.executable, "-c",
        "import sys, time\n"
-       "from ckptflow.base import home_lock\n"
-       "with home_lock.shared(sys.argv[1]):\n"
+       "from ckptflow.base.home import shared_lock\n"
+       "with shared_lock(sys.argv[1]):\n"
        "  print('held', flush=True); time.sleep(60)\n", str(toy.home)],
       stdout=subprocess.PIPE, text=True)
   try:
@@ -220,7 +220,7 @@ def test_repair_is_refused_while_another_command_holds_the_home(toy):
 
 def test_recover_does_nothing_while_another_command_holds_the_home(toy):
   orphan = toy.checkpoint(300, register=False)
-  with home_lock.shared(str(toy.home)):
+  with shared_lock(str(toy.home)):
     assert doctor.recover(toy.target, toy.where()) == []
   assert orphan.exists()
   [repaired] = doctor.recover(toy.target, toy.where())

@@ -9,7 +9,7 @@ Layout of a serving root (what TF Serving reads)::
 
 Guarantees:
 
-* A version directory appears only by one `os.rename` of a fully written and
+* A version directory appears only by one rename of a fully written and
   fsynced, non-numeric staging directory (`.staging-<version>-<pid>`). TF
   Serving ignores non-numeric names, so it never sees a partial version, even
   if the pushing process is killed at any instruction.
@@ -20,9 +20,12 @@ Guarantees:
   the `.last_version` high-water mark and any versions the caller reserves
   (e.g. those recorded in ML Metadata), so deleting a version directory does
   not free its number.
-* `models.config` is replaced atomically (temp file, fsync, `os.replace`)
-  under a lock on `SERVING_ROOT/.models.config.lock`; readers see the old or
-  the new file, never a mix.
+* `models.config` is replaced atomically (temp file, fsync, rename over the
+  old file: `storage.atomic_write`) under a lock on
+  `SERVING_ROOT/.models.config.lock`; readers see the old or the new file,
+  never a mix.
+
+Files are made durable, published and locked with `base/storage.py`.
 
 This module imports neither TensorFlow nor TFX.
 """
@@ -31,7 +34,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import fcntl
 import os
 import re
 import shutil
@@ -42,8 +44,12 @@ from typing import Iterable, Iterator, Mapping
 from google.protobuf import text_format
 from tensorflow_serving.config import model_server_config_pb2
 
+from ckptflow.base import storage
 from ckptflow.base.errors import ServingError
 from ckptflow.base.faults import fault_point
+# One rule for model names (base/names.py); re-exported here for callers
+# that check a name where they push or list.
+from ckptflow.base.names import validate_model_name
 
 SAVED_MODEL_PB = "saved_model.pb"
 MODELS_CONFIG = "models.config"
@@ -51,29 +57,10 @@ LOCK_FILE = ".lock"
 LAST_VERSION_FILE = ".last_version"
 STAGING_PREFIX = ".staging-"
 _MODELS_CONFIG_LOCK = ".models.config.lock"
-_MODELS_CONFIG_TMP_PREFIX = ".models.config.tmp-"
+# Temp files of models.config writers: `.models.config.tmp-<pid>-<token>`.
+MODELS_CONFIG_TMP_PREFIX = storage.temp_prefix(MODELS_CONFIG)
 
-_MODEL_NAME_RE = re.compile(r"[A-Za-z0-9_.-]+")
 _LABEL_RE = re.compile(r"[A-Za-z][A-Za-z0-9_-]*")
-_MAX_NAME_LEN = 255
-_MODEL_NAME_EXPECTED = ("Expected 1-255 characters from [A-Za-z0-9_.-], not "
-                        "starting with '.' and without '..'")
-
-
-def validate_model_name(name: str) -> str:
-  """Returns `name` if it is safe as a TF Serving model name and directory.
-
-  Raises:
-    ServingError: `name` is empty, contains a path separator, '..',
-      whitespace or a character outside [A-Za-z0-9_.-], starts with '.', or
-      is longer than 255 characters.
-  """
-  if not isinstance(name, str) or not name:
-    raise ServingError(f"model name {name!r} is empty. {_MODEL_NAME_EXPECTED}")
-  if ("/" in name or "\\" in name or ".." in name or name.startswith(".")
-      or len(name) > _MAX_NAME_LEN or not _MODEL_NAME_RE.fullmatch(name)):
-    raise ServingError(f"model name {name!r} is not valid. {_MODEL_NAME_EXPECTED}")
-  return name
 
 
 def validate_label(label: str) -> str:
@@ -176,16 +163,12 @@ def _exclusive_lock(path: str) -> Iterator[None]:
   if path in held:
     yield
     return
-  fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-  try:
-    fcntl.flock(fd, fcntl.LOCK_EX)
+  with storage.file_lock(path):
     held.add(path)
     try:
       yield
     finally:
       held.discard(path)
-  finally:
-    os.close(fd)  # releases the flock
 
 
 def _push_lock(serving_root: str, model_name: str):
@@ -208,17 +191,6 @@ def models_config_lock(serving_root: str) -> Iterator[None]:
     yield
 
 
-def nearest_existing(path: str) -> str:
-  """`path` itself if it exists, else its nearest existing ancestor."""
-  probe = path
-  while not os.path.lexists(probe):
-    parent = os.path.dirname(probe)
-    if parent == probe:
-      break
-    probe = parent
-  return probe
-
-
 def _ensure_serving_root(serving_root: str) -> str:
   """Creates the serving root if needed; returns it (absolute).
 
@@ -231,7 +203,7 @@ def _ensure_serving_root(serving_root: str) -> str:
       raise ServingError(f"serving root {serving_root!r} is not writable. "
                          "Expected a directory this user can write")
     return root
-  existing = nearest_existing(root)
+  existing = storage.nearest_existing(root)
   if existing == root or not os.path.isdir(existing):
     raise ServingError(
         f"serving root {serving_root!r} cannot be created: {existing!r} is "
@@ -241,19 +213,11 @@ def _ensure_serving_root(serving_root: str) -> str:
                        f"{existing!r} is not writable")
   try:
     os.makedirs(root, exist_ok=True)
-    _fsync_dir(os.path.dirname(root))
+    storage.fsync_dir(os.path.dirname(root))
   except OSError as e:
     raise ServingError(
         f"serving root {serving_root!r} cannot be created: {e.strerror}") from e
   return root
-
-
-def _fsync_dir(path: str) -> None:
-  fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-  try:
-    os.fsync(fd)
-  finally:
-    os.close(fd)
 
 
 def _read_last_version(base: str) -> int:
@@ -274,13 +238,7 @@ def _read_last_version(base: str) -> int:
 
 def _write_last_version(base: str, version: int) -> None:
   # Replaced atomically: a reader sees the old or the new number, never "".
-  tmp = os.path.join(base, f"{LAST_VERSION_FILE}.tmp-{os.getpid()}")
-  with open(tmp, "w", encoding="ascii") as f:
-    f.write(f"{version}\n")
-    f.flush()
-    os.fsync(f.fileno())
-  os.replace(tmp, os.path.join(base, LAST_VERSION_FILE))
-  _fsync_dir(base)
+  storage.atomic_write(os.path.join(base, LAST_VERSION_FILE), f"{version}\n")
 
 
 def _staging_dirs(base: str) -> list[str]:
@@ -317,17 +275,12 @@ def stale_staging_dirs(serving_root: str, model_name: str) -> list[str]:
   if lock_path in _held_locks.__dict__.get("paths", set()):
     return staging
   try:
-    fd = os.open(lock_path, os.O_RDONLY | os.O_CLOEXEC)
-  except FileNotFoundError:
+    with storage.file_lock(lock_path, blocking=False, create=False) as no_push_running:
+      pass  # a probe: released at once
+  except FileNotFoundError:  # no push ever took the lock
     return staging
-  try:
-    try:
-      fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-      return staging
-    except BlockingIOError:
-      pass
-  finally:
-    os.close(fd)
+  if no_push_running:
+    return staging
   stale = []
   for path in staging:
     pid = os.path.basename(path).rsplit("-", 1)[-1]
@@ -422,8 +375,7 @@ def check_signature(saved_model_dir: str, signature: str = "serving_default") ->
 def _copy_file(src: str, dst: str) -> None:
   with open(src, "rb") as fin, open(dst, "xb") as fout:
     shutil.copyfileobj(fin, fout, 1 << 20)
-    fout.flush()
-    os.fsync(fout.fileno())
+    storage.fsync_file(fout)
 
 
 def _copy_saved_model(source: str, staging: str) -> None:
@@ -460,7 +412,7 @@ def _copy_saved_model(source: str, staging: str) -> None:
   # Children before parents: a directory entry is durable once its
   # directory is fsynced.
   for directory in reversed(made_dirs):
-    _fsync_dir(directory)
+    storage.fsync_dir(directory)
 
 
 def push_saved_model(saved_model_dir: str, serving_root: str, model_name: str,
@@ -473,8 +425,8 @@ def push_saved_model(saved_model_dir: str, serving_root: str, model_name: str,
 
   Order (each step durable before the next): take the model's flock; remove
   stale staging dirs; copy into `.staging-<version>-<pid>` (saved_model.pb
-  last) and fsync every file and directory; rename it to `<version>`; fsync
-  the base path; raise the high-water mark. A process killed at any point
+  last) and fsync every file and directory; rename it to `<version>` and
+  fsync the base path (`storage.publish_dir`); raise the high-water mark. A process killed at any point
   leaves no numeric directory that is partial; its staging dir is removed by
   the next push.
 
@@ -495,7 +447,7 @@ def push_saved_model(saved_model_dir: str, serving_root: str, model_name: str,
   try:
     if not os.path.isdir(base):
       os.makedirs(base, exist_ok=True)
-      _fsync_dir(root)
+      storage.fsync_dir(root)
   except OSError as e:
     raise ServingError(f"cannot create the model base path {base!r}: {e.strerror}") from e
 
@@ -512,10 +464,15 @@ def push_saved_model(saved_model_dir: str, serving_root: str, model_name: str,
       os.mkdir(staging)
       _copy_saved_model(source, staging)
       fault_point("push-rename")
-      if os.path.lexists(final):  # only a writer that ignores the lock
+      try:
+        storage.publish_dir(staging, final)
+      except FileExistsError as e:  # only a writer that ignores the lock
         raise ServingError(f"version directory {final!r} appeared during the "
-                           "push; refusing to overwrite it")
-      os.rename(staging, final)
+                           "push; refusing to overwrite it") from e
+    except storage.NotDurableError as e:  # renamed: the version is visible
+      raise ServingError(f"version {version} of {model_name!r} is published, "
+                         "but fsyncing its base path failed: "
+                         f"{e.strerror or e}") from e
     except BaseException as e:
       shutil.rmtree(staging, ignore_errors=True)
       if isinstance(e, OSError):
@@ -523,7 +480,6 @@ def push_saved_model(saved_model_dir: str, serving_root: str, model_name: str,
                            f"{e.strerror or e}") from e
       raise
     try:
-      _fsync_dir(base)
       _write_last_version(base, version)
     except OSError as e:
       raise ServingError(f"version {version} of {model_name!r} is published, "
@@ -564,9 +520,11 @@ def write_models_config(serving_root: str,
                         states: Mapping[str, ModelServingState]) -> str:
   """Replaces SERVING_ROOT/models.config with the config for `states`.
 
-  Atomic: the text proto is written to a temp file beside it, fsynced, and
-  moved over the old file with `os.replace`; a killed writer leaves the old
-  file whole. Holds `models_config_lock`. Returns the file's path.
+  Atomic (`storage.atomic_write`): the text proto is written to a temp file
+  beside it (`.models.config.tmp-*`), fsynced, and moved over the old file
+  in one rename; a killed writer leaves the old file whole, and its temp
+  file, which the next write (or `ckptflow doctor --repair`) removes. Holds
+  `models_config_lock`. Returns the file's path.
 
   Raises:
     ServingError: a state is invalid, or the serving root cannot be written
@@ -578,23 +536,15 @@ def write_models_config(serving_root: str,
     root = os.path.abspath(serving_root)
     with os.scandir(root) as entries:
       leftovers = [e.path for e in entries
-                   if e.name.startswith(_MODELS_CONFIG_TMP_PREFIX)]
+                   if e.name.startswith(MODELS_CONFIG_TMP_PREFIX)]
     for path in leftovers:  # from killed writers; we hold the lock
       with contextlib.suppress(FileNotFoundError):
         os.unlink(path)
-    tmp = os.path.join(root, f"{_MODELS_CONFIG_TMP_PREFIX}{os.getpid()}")
     target = os.path.join(root, MODELS_CONFIG)
     try:
-      with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-      fault_point("models-config-replace")
-      os.replace(tmp, target)
-      _fsync_dir(root)
+      storage.atomic_write(target, text,
+                           before_replace=lambda: fault_point("models-config-replace"))
     except OSError as e:
-      with contextlib.suppress(OSError):
-        os.unlink(tmp)
       raise ServingError(f"cannot write {target!r}: {e.strerror or e}") from e
   return target
 

@@ -4,7 +4,8 @@ Each checkpoint is a directory `step-00000300/` holding one
 `tf.train.Checkpoint` written with `write()` under the prefix `ckpt`. It is
 written into a sibling staging directory whose name ends in `.staging`,
 checked (its index opens and lists variables) and hashed, and only then
-renamed to its final name, as Orbax commits a temporary directory. A crash
+fsynced and renamed to its final name (`storage.publish_dir`), as Orbax
+commits a temporary directory. A crash
 at any point leaves either no final directory or a complete one; staging
 leftovers are swept on the next start.
 """
@@ -18,6 +19,7 @@ import shutil
 import tensorflow as tf
 
 from ckptflow.components.checkpoint import directory_digest
+from ckptflow.base import storage
 from ckptflow.base.errors import CheckpointError
 
 PREFIX = "ckpt"
@@ -69,26 +71,15 @@ def verify_against_record(directory: str, checksum: str) -> None:
                           f"checksum (expected {checksum[:12]}…, found {actual[:12]}…)")
 
 
-def _fsync_dir(directory: str) -> None:
-  fd = os.open(directory, os.O_RDONLY)
-  try:
-    os.fsync(fd)
-  finally:
-    os.close(fd)
-
-
 def publish(staged: str, final: str) -> None:
-  """Flushes the staged files and renames `staged` to `final` atomically."""
-  for name in os.listdir(staged):
-    with open(os.path.join(staged, name), "rb+") as f:
-      os.fsync(f.fileno())
-  _fsync_dir(staged)
+  """Flushes the staged files and renames `staged` to `final` atomically,
+  then fsyncs `final`'s parent."""
+  storage.fsync_tree(staged)
   if os.path.exists(final):
     # A directory left by an attempt whose registration never happened (the
     # process died between rename and MLMD); it is not in MLMD, replace it.
     shutil.rmtree(final)
-  os.rename(staged, final)
-  _fsync_dir(os.path.dirname(final))
+  storage.publish_dir(staged, final)
 
 
 def sweep_staging(root: str) -> list[str]:

@@ -7,7 +7,7 @@ Signatures:
 Both return `outputs`, the class probabilities.
 
 The SavedModel is written into a temporary sibling directory and renamed
-into place, so a reader never sees a partial export.
+into place (`storage.publish_dir`), so a reader never sees a partial export.
 """
 
 from __future__ import annotations
@@ -17,6 +17,8 @@ import shutil
 from typing import Mapping
 
 import tensorflow as tf
+
+from ckptflow.base import storage
 
 SERVING_DIR_NAME = "Format-Serving"  # TFX's layout inside a Model artifact
 
@@ -59,5 +61,5 @@ def export_saved_model(model: tf.keras.Model, export_dir: str,
   # again, keras_metadata.pb) doubles the export time for nothing served.
   tf.saved_model.save(model, staging,
                       signatures={"serving_default": serve_examples, "serving_raw": serve_raw})
-  os.rename(staging, export_dir)
+  storage.publish_dir(staging, export_dir)
   return export_dir

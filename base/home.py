@@ -1,0 +1,173 @@
+"""The home: where everything a local run makes lives, and its lock.
+
+`Home(home, serving_dir=None)` is the layout of one home directory, worked
+out once (every path absolute)::
+
+  HOME/metadata.sqlite          the MLMD store (unless another is named)
+  HOME/pipeline_root/           TFX artifacts; checkpoints under
+                                <node>/checkpoints/, exports under
+                                CheckpointExport/
+  HOME/serving/                 the TF Serving root (or `serving_dir`):
+    models.config               its model config
+  HOME/report/                  `ckptflow report`'s default output
+  HOME/data/sample/             the generated sample dataset
+  HOME/kubeflow/                `ckptflow compile`'s default output
+  HOME/.ckptflow.lock           the home lock
+
+The home lock says which ckptflow commands may run in one home at once.
+Every command that writes to a home (`run`, `promote`, `rollback`, ...)
+holds it *shared* while it writes (`shared_lock`), so any number of them
+run side by side. Crash recovery (`ckptflow doctor --repair`, and the
+recovery pass `ckptflow run` makes before it starts) deletes files that no
+MLMD record owns; it needs the lock *exclusively* (`exclusive_lock_if_idle`),
+so it never mistakes the half-finished work of a live command for the
+leftovers of a dead one. It is a kernel `flock` (`storage.file_lock`): a
+killed holder releases it at once. It orders processes on one host (and on
+file systems that honour flock across hosts).
+
+Imports neither TensorFlow nor TFX.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+from typing import Iterator
+
+from ckptflow.base import storage
+from ckptflow.base.errors import CkptflowError
+
+METADATA_SQLITE = "metadata.sqlite"
+PIPELINE_ROOT = "pipeline_root"
+SERVING_DIR = "serving"
+MODELS_CONFIG = "models.config"  # what TF Serving reads, in the serving root
+REPORT_DIR = "report"
+SAMPLE_DATA_DIR = os.path.join("data", "sample")
+KUBEFLOW_DIR = "kubeflow"
+LOCK_NAME = ".ckptflow.lock"
+# The Trainer's checkpoints: pipeline_root/<node>/checkpoints/step-N.
+CHECKPOINTS_DIR = "checkpoints"
+# `ckptflow export`'s SavedModels: pipeline_root/CheckpointExport/checkpoint-<id>/.
+EXPORT_DIR = "CheckpointExport"
+
+
+@dataclasses.dataclass(frozen=True)
+class Home:
+  """The layout of a home directory: `Home(home, serving_dir=None)`.
+
+  `home` is made absolute; `serving_dir` is the serving root asked for
+  (None: HOME/serving), kept as given (made absolute), so that
+  `dataclasses.replace(where, home=...)` moves a default serving root along.
+  Every other path, `serving_root` included, is derived on construction.
+  Nothing is read or created on disk, except by `checkpoint_roots()`, which
+  lists what exists.
+
+  Raises (on construction):
+    CkptflowError: `home` is empty.
+  """
+
+  home: str
+  serving_dir: str | None = None
+  serving_root: str = dataclasses.field(init=False)
+  metadata_sqlite: str = dataclasses.field(init=False)
+  pipeline_root: str = dataclasses.field(init=False)
+  models_config: str = dataclasses.field(init=False)
+  report_dir: str = dataclasses.field(init=False)
+  sample_data_dir: str = dataclasses.field(init=False)
+  kubeflow_dir: str = dataclasses.field(init=False)
+  export_root: str = dataclasses.field(init=False)
+  lock_file: str = dataclasses.field(init=False)
+
+  def __post_init__(self):
+    if not isinstance(self.home, (str, os.PathLike)) or not str(self.home):
+      raise CkptflowError(f"home {self.home!r} is not valid. Expected a directory path")
+    home = os.path.abspath(self.home)
+    serving_dir = os.path.abspath(self.serving_dir) if self.serving_dir else None
+    serving_root = serving_dir or os.path.join(home, SERVING_DIR)
+    pipeline_root = os.path.join(home, PIPELINE_ROOT)
+    paths = {
+        "home": home,
+        "serving_dir": serving_dir,
+        "serving_root": serving_root,
+        "metadata_sqlite": os.path.join(home, METADATA_SQLITE),
+        "pipeline_root": pipeline_root,
+        "models_config": os.path.join(serving_root, MODELS_CONFIG),
+        "report_dir": os.path.join(home, REPORT_DIR),
+        "sample_data_dir": os.path.join(home, SAMPLE_DATA_DIR),
+        "kubeflow_dir": os.path.join(home, KUBEFLOW_DIR),
+        "export_root": os.path.join(pipeline_root, EXPORT_DIR),
+        "lock_file": os.path.join(home, LOCK_NAME),
+    }
+    for name, value in paths.items():
+      object.__setattr__(self, name, value)
+
+  def checkpoint_roots(self) -> list[str]:
+    """`pipeline_root/<node>/checkpoints` of every node that has one, sorted."""
+    try:
+      nodes = sorted(os.scandir(self.pipeline_root), key=lambda e: e.name)
+    except FileNotFoundError:
+      return []
+    return [path for e in nodes
+            if e.is_dir() and os.path.isdir(path := os.path.join(e.path, CHECKPOINTS_DIR))]
+
+
+def _as_home(home: str | Home) -> Home:
+  return home if isinstance(home, Home) else Home(home)
+
+
+@contextlib.contextmanager
+def shared_lock(home: str | Home) -> Iterator[None]:
+  """Holds the home's shared lock: "a ckptflow command is writing here".
+
+  Blocks while a recovery holds the exclusive lock. A home that does not
+  exist yet has nothing to protect: nothing is locked (or created).
+
+  Raises:
+    CkptflowError: the lock file cannot be created in `home`.
+  """
+  where = _as_home(home)
+  if not os.path.isdir(where.home):
+    yield
+    return
+  stack = contextlib.ExitStack()
+  try:
+    stack.enter_context(storage.file_lock(where.lock_file, shared=True))
+  except OSError as e:
+    raise CkptflowError(f"cannot open the home lock {where.lock_file!r}: "
+                        f"{e.strerror}") from e
+  with stack:
+    yield
+
+
+@contextlib.contextmanager
+def exclusive_lock_if_idle(home: str | Home, *, create: bool = True) -> Iterator[bool]:
+  """Tries to take the home's exclusive lock without waiting.
+
+  Yields True while holding it (no other ckptflow command is writing in
+  `home`), False if another command holds the lock. A home that does not
+  exist counts as idle (nothing is locked). With `create=False` a home
+  without a lock file (or one that cannot be opened) counts as idle and
+  nothing is created.
+
+  Raises:
+    CkptflowError: `create` is set and the lock file cannot be created.
+  """
+  where = _as_home(home)
+  stack = contextlib.ExitStack()
+  try:
+    idle = stack.enter_context(storage.file_lock(
+        where.lock_file, shared=False, blocking=False, create=create))
+  except FileNotFoundError:
+    idle = True  # no home, or no lock file: nobody holds it
+  except OSError as e:
+    if create:
+      raise CkptflowError(f"cannot open the home lock {where.lock_file!r}: "
+                          f"{e.strerror}") from e
+    idle = True
+  with stack:
+    yield idle
+
+
+__all__ = ["CHECKPOINTS_DIR", "EXPORT_DIR", "Home", "LOCK_NAME", "exclusive_lock_if_idle",
+           "shared_lock"]
