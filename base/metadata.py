@@ -36,6 +36,10 @@ Executors find the store of the run they belong to through the
 Kubeflow deployment sets on the pod), so passwords never enter the pipeline
 definition or MLMD itself.
 
+`resolve_target` decides a command's or a run's target: --metadata, else
+the config file's `[run] metadata`, else $CKPTFLOW_METADATA, else
+HOME/metadata.sqlite.
+
 Reads of lists: MLMD raises NotFound from some list calls (e.g.
 `get_contexts_by_execution`, `get_artifacts_by_external_ids`) when nothing
 matches. Every `get_*` method of `Store` that returns a list (MLMD
@@ -399,15 +403,32 @@ KFP_METADATA_HOST_ENV = "METADATA_GRPC_SERVICE_HOST"
 KFP_METADATA_PORT_ENV = "METADATA_GRPC_SERVICE_PORT"
 
 
+def resolve_target(explicit: str | None, home: str) -> str:
+  """The metadata target of a command or a run: the one rule, in one place.
+
+  `explicit` is what the user chose: the --metadata flag, else the config
+  file's `[run] metadata` (callers pass whichever is set; "" and None mean
+  neither). Without it: $CKPTFLOW_METADATA, else HOME/metadata.sqlite.
+  """
+  chosen = (explicit or "").strip()
+  if chosen:
+    return chosen
+  return _env_target() or os.path.join(os.path.abspath(home), "metadata.sqlite")
+
+
+def _env_target() -> str:
+  return os.environ.get(METADATA_ENV, "").strip()
+
+
 def target_from_env() -> str:
   """The metadata target of the run an executor belongs to: CKPTFLOW_METADATA
-  (the runners set it); in a Kubeflow Pipelines pod without it, KFP's own
-  metadata gRPC service.
+  (the runners set it to `resolve_target`'s answer); in a Kubeflow Pipelines
+  pod without it, KFP's own metadata gRPC service.
 
   Raises:
     MetadataError: neither is set.
   """
-  target = os.environ.get(METADATA_ENV, "").strip()
+  target = _env_target()
   kfp_host = os.environ.get(KFP_METADATA_HOST_ENV, "").strip()
   if not target and kfp_host:
     port = os.environ.get(KFP_METADATA_PORT_ENV, "").strip() or "8080"

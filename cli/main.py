@@ -42,8 +42,8 @@ def _home(args) -> str:
 
 
 def _metadata_target(args) -> str:
-  return args.metadata or os.environ.get("CKPTFLOW_METADATA") or os.path.join(
-      _home(args), "metadata.sqlite")
+  from ckptflow.base import metadata
+  return metadata.resolve_target(args.metadata, _home(args))
 
 
 def _print_json(document) -> None:
@@ -263,12 +263,9 @@ def _config_from_args(args, *, sample_data: bool = True) -> PipelineConfig:
 
 
 def cmd_run(args) -> int:
+  # --metadata is in config.run.metadata; config.metadata_target applies
+  # the same rule as every other subcommand (metadata.resolve_target).
   config = _config_from_args(args)
-  # Like every other subcommand: --metadata, else the config file, else
-  # $CKPTFLOW_METADATA, else HOME/metadata.sqlite.
-  env_target = os.environ.get("CKPTFLOW_METADATA", "").strip()
-  if args.metadata is None and not config.run.metadata and env_target:
-    config = config.replace(run={"metadata": env_target})
   from ckptflow.operations import run as run_operation
   summary = run_operation.run(config)
   for line in summary.lines():
