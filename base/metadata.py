@@ -19,7 +19,9 @@ not multiply.
   more than 30 s after the first attempt began.
 * Opening a store: at most 15 attempts, the same waits (at most 19.15 s in
   all), within 60 s.
-* Every retry is logged as a warning (logger `ckptflow.base.metadata`).
+* Every retry is logged as a warning (logger `ckptflow.base.metadata`);
+  MLMD's own ERROR for each ABORTED call ("failed after retrying 1
+  times") is filtered out, as it is not the end of the call.
 
 A single attempt can itself take a while: with another process holding
 SQLite's write lock, MLMD's SQLite layer waits about 2 s before it reports
@@ -187,6 +189,18 @@ def open_store(target: str, *, create: bool = True) -> "Store":
     raise MetadataError(
         f"cannot open metadata store {describe(target)!r}: {first_line}") from e
   return Store(client)
+
+
+class _WithoutMlmdGiveUpMessage(logging.Filter):
+  """Drops the ERROR MLMD's client logs (through absl) whenever a call is
+  ABORTED once it has no retries of its own left, i.e. on every ABORTED
+  here: `Store` retries it, logs that, and raises the error if it gives up."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    return record.msg != "%s failed after retrying %d times."
+
+
+logging.getLogger("absl").addFilter(_WithoutMlmdGiveUpMessage())
 
 
 def _connect(config: metadata_store_pb2.ConnectionConfig
