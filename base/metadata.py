@@ -60,7 +60,6 @@ import logging
 import os
 import re
 import socket
-import time
 import typing
 import urllib.parse
 from typing import Any, Callable, TypeVar
@@ -314,20 +313,15 @@ def _run_retried(operation: Callable[[], _T], policy: RetryPolicy, *, what: str)
                                             max=policy.max_wait),
       retry=tenacity.retry_if_exception(_is_retryable),
       before_sleep=_log_retry(what, policy),
-      sleep=_sleep,
       reraise=True)
   return retrying(operation)
-
-
-def _sleep(seconds: float) -> None:
-  time.sleep(seconds)
 
 
 def _returns_list(method: Callable[..., Any]) -> bool:
   try:
     hint = typing.get_type_hints(method).get("return")
   except Exception:  # pylint: disable=broad-except
-    return False
+    return False  # an annotation that does not resolve: not known to be a list
   return typing.get_origin(hint) is list
 
 
