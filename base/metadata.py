@@ -1,5 +1,32 @@
 """Where the ML Metadata store is, and how to talk to it safely.
 
+Retries
+-------
+
+Every call goes through one retry, in `Store` (what `open_store` returns).
+MLMD's own client retry (ABORTED only, 5 times, ~2 s random waits, inside
+every call) is switched off: one attempt per call underneath, so retries do
+not multiply.
+
+* What is retried: only errors that leave the store unchanged
+  (`_is_retryable`): ABORTED, SQLite "database is locked"/"busy", a lost
+  MySQL connection, a deadlock, "table definition has changed", and the
+  schema-creation race of processes opening one new database together.
+  Anything else is raised at once.
+* A store call: at most 10 attempts; before attempt n+1 it waits a random
+  time in [0, min(2 s, 0.05 s * 2**(n-1))] ("full jitter"), so at most
+  9.15 s of waiting in all; and no retry is started whose wait would end
+  more than 30 s after the first attempt began.
+* Opening a store: at most 15 attempts, the same waits (at most 19.15 s in
+  all), within 60 s.
+* Every retry is logged as a warning (logger `ckptflow.base.metadata`);
+  MLMD's own ERROR for each ABORTED call ("failed after retrying 1
+  times") is filtered out, as it is not the end of the call.
+
+A single attempt can itself take a while: with another process holding
+SQLite's write lock, MLMD's SQLite layer waits about 2 s before it reports
+ABORTED.
+
 A metadata target is written as one string:
 
 * a file path, or ``sqlite:PATH``: an MLMD SQLite file (local runs);
@@ -11,20 +38,33 @@ Executors find the store of the run they belong to through the
 Kubeflow deployment sets on the pod), so passwords never enter the pipeline
 definition or MLMD itself.
 
-This module imports ml_metadata only; never TensorFlow or TFX.
+`resolve_target` decides a command's or a run's target: --metadata, else
+the config file's `[run] metadata`, else $CKPTFLOW_METADATA, else
+HOME/metadata.sqlite.
+
+Reads of lists: MLMD raises NotFound from some list calls (e.g.
+`get_contexts_by_execution`, `get_artifacts_by_external_ids`) when nothing
+matches. Every `get_*` method of `Store` that returns a list (MLMD
+annotates it `List[...]`) returns [] instead. Single-record reads
+(`get_artifact_type`, `get_*_by_type_and_name`, ...) keep MLMD's behaviour.
+
+This module imports ml_metadata and tenacity only; never TensorFlow or TFX.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+import inspect
 import logging
 import os
-import random
 import re
 import socket
-import time
+import typing
 import urllib.parse
-from typing import Callable, TypeVar
+from typing import Any, Callable, TypeVar
 
+import tenacity
 from ml_metadata import errors as mlmd_errors
 from ml_metadata import metadata_store
 from ml_metadata.proto import metadata_store_pb2
@@ -32,6 +72,9 @@ from ml_metadata.proto import metadata_store_pb2
 from ckptflow.base.errors import MetadataError
 
 METADATA_ENV = "CKPTFLOW_METADATA"
+# MLMD's client counts its own attempts of an ABORTED call down from this and
+# gives up at 0: 1 means one attempt, no retry of its own (0 would never stop).
+_MLMD_CLIENT_ATTEMPTS = 1
 
 _log = logging.getLogger(__name__)
 _T = TypeVar("_T")
@@ -74,6 +117,7 @@ def connection_config(
     config.sqlite.connection_mode = (
         metadata_store_pb2.SqliteMetadataSourceConfig.READWRITE_OPENCREATE
         if create else metadata_store_pb2.SqliteMetadataSourceConfig.READWRITE)
+    config.retry_options.max_num_retries = _MLMD_CLIENT_ATTEMPTS
     return config
   parsed = urllib.parse.urlsplit(target)
   try:
@@ -94,6 +138,7 @@ def connection_config(
     config.mysql.user = urllib.parse.unquote(parsed.username or "root")
     config.mysql.password = urllib.parse.unquote(parsed.password or "")
     config.mysql.skip_db_creation = not create
+    config.retry_options.max_num_retries = _MLMD_CLIENT_ATTEMPTS
     return config
   if parsed.scheme == "grpc":
     if not parsed.hostname:
@@ -108,8 +153,8 @@ def connection_config(
       f"{parsed.scheme!r}. Expected a SQLite path, mysql:// or grpc://")
 
 
-def open_store(target: str, *, create: bool = True) -> metadata_store.MetadataStore:
-  """Opens the MLMD store at `target`.
+def open_store(target: str, *, create: bool = True) -> "Store":
+  """Opens the MLMD store at `target`, as a `Store` whose calls are retried.
 
   With `create=False` a SQLite file must already exist: commands that only
   read metadata must not leave an empty store behind a mistyped --home.
@@ -128,10 +173,10 @@ def open_store(target: str, *, create: bool = True) -> metadata_store.MetadataSt
       raise MetadataError(f"metadata directory {parent!r} does not exist")
   config = connection_config(target, create=create)
   try:
-    # More attempts than a single call gets: processes that open one new
+    # A larger budget than a single call's: processes that open one new
     # MySQL database together wait out the one creating the schema.
-    return retry(lambda: metadata_store.MetadataStore(config),
-                 what="opening the metadata store", attempts=15)
+    client = _run_retried(functools.partial(_connect, config), OPEN_POLICY,
+                          what="opening the metadata store")
   except (mlmd_errors.StatusError, RuntimeError) as e:
     # MLMD raises RuntimeError, not a StatusError, for a SQLite file that is
     # not a database; its text then goes on with the failed query.
@@ -142,6 +187,30 @@ def open_store(target: str, *, create: bool = True) -> metadata_store.MetadataSt
       first_line = _why_mysql_failed(config.mysql, first_line)
     raise MetadataError(
         f"cannot open metadata store {describe(target)!r}: {first_line}") from e
+  return Store(client)
+
+
+class _WithoutMlmdGiveUpMessage(logging.Filter):
+  """Drops the ERROR MLMD's client logs (through absl) whenever a call is
+  ABORTED once it has no retries of its own left, i.e. on every ABORTED
+  here: `Store` retries it, logs that, and raises the error if it gives up."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    return record.msg != "%s failed after retrying %d times."
+
+
+logging.getLogger("absl").addFilter(_WithoutMlmdGiveUpMessage())
+
+
+def _connect(config: metadata_store_pb2.ConnectionConfig
+             | metadata_store_pb2.MetadataStoreClientConfig) -> metadata_store.MetadataStore:
+  """An MLMD client that tries each call once: `Store` does the retrying."""
+  client = metadata_store.MetadataStore(config)
+  # A ConnectionConfig carries retry_options (set by `connection_config`);
+  # the gRPC client config has no such field and the client always starts
+  # from 5, so set the same count on the client itself.
+  client._max_num_retries = _MLMD_CLIENT_ATTEMPTS  # pylint: disable=protected-access
+  return client
 
 
 def _why_mysql_failed(mysql: metadata_store_pb2.MySQLDatabaseConfig, error: str) -> str:
@@ -196,26 +265,145 @@ _SCHEMA_RACE_MARKERS = ("concurrent connection to the empty database",
                         "table definition has changed")
 
 
-def retry(operation: Callable[[], _T], *, what: str, attempts: int = 8,
-          base_delay: float = 0.05, max_delay: float = 2.0) -> _T:
-  """Runs `operation`, retrying errors that are safe to retry.
+@dataclasses.dataclass(frozen=True)
+class RetryPolicy:
+  """How often, and for how long, a failed store operation is tried again.
 
-  Jittered exponential backoff ("full jitter"), bounded in attempts; every
-  retry is logged. Any other error is raised at once. Operations passed here
-  must be single MLMD calls (each one transaction) or idempotent sequences.
+  At most `attempts` attempts. Before attempt n+1 it waits a random time in
+  [0, min(max_wait, first_wait * 2**(n-1))] (exponential backoff with full
+  jitter, so processes that collided do not collide again in step). No
+  retry is started whose wait would end more than `deadline` seconds after
+  the first attempt began.
   """
-  for attempt in range(1, attempts + 1):
-    try:
-      return operation()
-    except (mlmd_errors.StatusError, RuntimeError) as e:
-      if attempt == attempts or not _is_retryable(e):
+
+  attempts: int
+  first_wait: float
+  max_wait: float
+  deadline: float
+
+  @property
+  def max_total_wait(self) -> float:
+    """The most this policy can sleep in all, whatever happens."""
+    waits = sum(min(self.max_wait, self.first_wait * 2 ** n)
+                for n in range(self.attempts - 1))
+    return min(waits, self.deadline)
+
+
+# The numbers quoted in the module docstring ("Retries").
+CALL_POLICY = RetryPolicy(attempts=10, first_wait=0.05, max_wait=2.0, deadline=30.0)
+OPEN_POLICY = RetryPolicy(attempts=15, first_wait=0.05, max_wait=2.0, deadline=60.0)
+
+
+def _log_retry(what: str, policy: RetryPolicy) -> Callable[[tenacity.RetryCallState], None]:
+  def log(state: tenacity.RetryCallState) -> None:
+    error = state.outcome.exception()
+    _log.warning("%s failed (%s); retry %d/%d in %.2fs", what,
+                 str(error).splitlines()[0] if str(error) else type(error).__name__,
+                 state.attempt_number, policy.attempts - 1, state.upcoming_sleep)
+  return log
+
+
+def _run_retried(operation: Callable[[], _T], policy: RetryPolicy, *, what: str) -> _T:
+  """Runs `operation`, retrying the errors `_is_retryable` allows as
+  `policy` says, each retry logged; the last error is raised as it is."""
+  retrying = tenacity.Retrying(
+      stop=(tenacity.stop_after_attempt(policy.attempts)
+            | tenacity.stop_before_delay(policy.deadline)),
+      wait=tenacity.wait_random_exponential(multiplier=policy.first_wait,
+                                            max=policy.max_wait),
+      retry=tenacity.retry_if_exception(_is_retryable),
+      before_sleep=_log_retry(what, policy),
+      reraise=True)
+  return retrying(operation)
+
+
+def _returns_list(method: Callable[..., Any]) -> bool:
+  try:
+    hint = typing.get_type_hints(method).get("return")
+  except Exception:  # pylint: disable=broad-except
+    return False  # an annotation that does not resolve: not known to be a list
+  return typing.get_origin(hint) is list
+
+
+# Public methods of MLMD's client, and which of them are list reads.
+_MLMD_METHODS = {name: method for name, method in inspect.getmembers(
+    metadata_store.MetadataStore, inspect.isfunction)
+                 if name.startswith(("get_", "put_"))}
+LIST_READS = frozenset(name for name, method in _MLMD_METHODS.items()
+                       if name.startswith("get_") and _returns_list(method))
+
+
+class Store:
+  """An MLMD store whose every call is retried in one place.
+
+  It has the methods of `ml_metadata.metadata_store.MetadataStore`
+  (`put_artifacts`, `get_executions_by_id`, ...), with the same arguments
+  and results, with two differences:
+
+  * errors that leave the store unchanged are retried by `CALL_POLICY`
+    (see "Retries" in the module docstring); others are raised at once;
+  * the list reads (`LIST_READS`: every `get_*` method that returns a
+    list) return [] where MLMD raises NotFound for "nothing matches".
+
+  A call is one MLMD transaction (or, for a paged list read, a sequence of
+  reads), so trying it again is safe. Call sites must not wrap it in a
+  retry of their own. It keeps no state between calls: it is as
+  thread-safe as the MLMD client underneath.
+  """
+
+  def __init__(self, client: metadata_store.MetadataStore,
+               policy: RetryPolicy = CALL_POLICY):
+    self._client = client
+    self._policy = policy
+
+  @property
+  def client(self) -> metadata_store.MetadataStore:
+    """The ml_metadata client underneath. Its calls are tried once each."""
+    return self._client
+
+  @property
+  def policy(self) -> RetryPolicy:
+    return self._policy
+
+  def __getattr__(self, name: str) -> Callable[..., Any]:
+    if name not in _MLMD_METHODS:
+      raise AttributeError(f"{type(self).__name__!r} has no attribute {name!r}")
+    method = getattr(self._client, name)
+    list_read = name in LIST_READS
+
+    @functools.wraps(method)
+    def call(*args: Any, **kwargs: Any) -> Any:
+      operation = functools.partial(method, *args, **kwargs)
+      try:
+        return _run_retried(operation, self._policy, what=f"MLMD {name}")
+      except mlmd_errors.NotFoundError:
+        if list_read:
+          return []
         raise
-      delay = random.uniform(0, min(max_delay, base_delay * 2 ** attempt))
-      _log.warning("%s failed (%s); retry %d/%d in %.2fs", what,
-                   str(e).splitlines()[0] if str(e) else type(e).__name__,
-                   attempt, attempts - 1, delay)
-      time.sleep(delay)
-  raise AssertionError("unreachable")
+
+    return call
+
+
+def retry(operation: Callable[[], _T], *, what: str = "", **_: Any) -> _T:
+  """Deprecated: runs `operation` once. `Store` retries every call itself;
+  `retry(lambda: X, ...)` at a call site is just `X`. Kept only until the
+  last callers (kubeflow/launcher.py, operations/lineage.py,
+  operations/report.py) drop it; do not add new uses."""
+  del what
+  return operation()
+
+
+def query(operation: Callable[[], list], *, what: str = "") -> list:
+  """Deprecated: runs `operation` once, NotFound as []. `Store` retries every
+  call and its list reads already return [] for NotFound;
+  `query(lambda: X, ...)` at a call site is just `X`. Kept only until the
+  last callers (kubeflow/launcher.py, operations/lineage.py,
+  operations/report.py) drop it; do not add new uses."""
+  del what
+  try:
+    return operation()
+  except mlmd_errors.NotFoundError:
+    return []
 
 
 # What KFP sets in every task's pod (from its metadata-grpc-configmap).
@@ -223,10 +411,32 @@ KFP_METADATA_HOST_ENV = "METADATA_GRPC_SERVICE_HOST"
 KFP_METADATA_PORT_ENV = "METADATA_GRPC_SERVICE_PORT"
 
 
+def resolve_target(explicit: str | None, home: str) -> str:
+  """The metadata target of a command or a run: the one rule, in one place.
+
+  `explicit` is what the user chose: the --metadata flag, else the config
+  file's `[run] metadata` (callers pass whichever is set; "" and None mean
+  neither). Without it: $CKPTFLOW_METADATA, else HOME/metadata.sqlite.
+  """
+  chosen = (explicit or "").strip()
+  if chosen:
+    return chosen
+  return _env_target() or os.path.join(os.path.abspath(home), "metadata.sqlite")
+
+
+def _env_target() -> str:
+  return os.environ.get(METADATA_ENV, "").strip()
+
+
 def target_from_env() -> str:
-  """The metadata target of the current run, from CKPTFLOW_METADATA; in a
-  Kubeflow Pipelines pod without it, KFP's own metadata gRPC service."""
-  target = os.environ.get(METADATA_ENV, "").strip()
+  """The metadata target of the run an executor belongs to: CKPTFLOW_METADATA
+  (the runners set it to `resolve_target`'s answer); in a Kubeflow Pipelines
+  pod without it, KFP's own metadata gRPC service.
+
+  Raises:
+    MetadataError: neither is set.
+  """
+  target = _env_target()
   kfp_host = os.environ.get(KFP_METADATA_HOST_ENV, "").strip()
   if not target and kfp_host:
     port = os.environ.get(KFP_METADATA_PORT_ENV, "").strip() or "8080"
@@ -237,12 +447,3 @@ def target_from_env() -> str:
         "metadata store. Run through `ckptflow run`, or set it to the "
         "pipeline's metadata target")
   return target
-
-
-def query(operation: Callable[[], list], *, what: str) -> list:
-  """Runs a read through `retry`; MLMD's NotFound for "no such rows" is an
-  empty list (several MLMD list calls raise it instead of returning [])."""
-  try:
-    return retry(operation, what=what)
-  except mlmd_errors.NotFoundError:
-    return []

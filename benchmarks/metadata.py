@@ -39,9 +39,7 @@ database and drops it at the end (with the `mysql` client).
 from __future__ import annotations
 
 import argparse
-import datetime
 import hashlib
-import json
 import os
 import shutil
 import subprocess
@@ -55,15 +53,14 @@ from typing import Callable, Sequence
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import measure  # noqa: E402
-from ml_metadata import metadata_store  # noqa: E402
 from ml_metadata.proto import metadata_store_pb2 as mlmd_pb  # noqa: E402
 
 from ckptflow.operations import lineage as lineage_lib  # noqa: E402
 from ckptflow.components import promotion  # noqa: E402
 from ckptflow.components.checkpoint import (CheckpointRegistry, NewCheckpoint,  # noqa: E402
-                                            checkpoint_type, ensure_checkpoint_type)
+                                            checkpoint_artifact, ensure_checkpoint_type)
 from ckptflow.components.trainer.registration import checkpoints_with_key  # noqa: E402
-from ckptflow.base import metadata  # noqa: E402
+from ckptflow.base import metadata, mlmd  # noqa: E402
 
 CHECKPOINTS_PER_RUN = 100
 LIVE_PER_RUN = 5
@@ -72,18 +69,11 @@ MODEL_NAME = "bench"
 TARGET_REGISTER_P50_MS = 5.0
 TARGET_LINEAGE_MS_AT_10K = 50.0
 
-INPUT = mlmd_pb.Event.INPUT
-OUTPUT = mlmd_pb.Event.OUTPUT
-
-
-def _now() -> str:
-  return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="milliseconds")
-
 
 class Filler:
   """Builds the store's contents with real MLMD calls."""
 
-  def __init__(self, store: metadata_store.MetadataStore, root: str):
+  def __init__(self, store: metadata.Store, root: str):
     self.store = store
     self.root = root
     self.checkpoint_type_id = ensure_checkpoint_type(store)
@@ -98,19 +88,16 @@ class Filler:
 
   def artifact_type(self, name: str) -> int:
     if name not in self._artifact_types:
-      self._artifact_types[name] = self.store.put_artifact_type(
-          mlmd_pb.ArtifactType(name=name), can_add_fields=True, can_omit_fields=True)
+      self._artifact_types[name] = mlmd.ensure_artifact_type(self.store, name)
     return self._artifact_types[name]
 
   def execution_type(self, name: str) -> int:
     if name not in self._execution_types:
-      self._execution_types[name] = self.store.put_execution_type(
-          mlmd_pb.ExecutionType(name=name), can_add_fields=True, can_omit_fields=True)
+      self._execution_types[name] = mlmd.ensure_execution_type(self.store, name)
     return self._execution_types[name]
 
   def _context(self, type_name: str, name: str) -> mlmd_pb.Context:
-    type_id = self.store.put_context_type(mlmd_pb.ContextType(name=type_name),
-                                          can_add_fields=True)
+    type_id = mlmd.ensure_context_type(self.store, type_name)
     [context_id] = self.store.put_contexts([mlmd_pb.Context(type_id=type_id, name=name)])
     [context] = self.store.get_contexts_by_id([context_id])
     return context
@@ -121,19 +108,9 @@ class Filler:
     """A TFX-like execution in its pipeline, run and node contexts."""
     execution = mlmd_pb.Execution(type_id=self.execution_type(type_name),
                                   last_known_state=state)
-    pairs = []
-    for artifact_id in inputs:
-      event = mlmd_pb.Event(artifact_id=artifact_id, type=INPUT)
-      event.path.steps.add().key = "input"
-      event.path.steps.add().index = 0
-      pairs.append((None, event))
-    for artifact in outputs:
-      event = mlmd_pb.Event(type=OUTPUT)
-      event.path.steps.add().key = "output"
-      event.path.steps.add().index = 0
-      pairs.append((artifact, event))
-    run_type = self.store.put_context_type(mlmd_pb.ContextType(name="pipeline_run"),
-                                           can_add_fields=True)
+    pairs = [(None, mlmd.input_event("input", artifact_id)) for artifact_id in inputs]
+    pairs += [(artifact, mlmd.output_event("output")) for artifact in outputs]
+    run_type = mlmd.ensure_context_type(self.store, "pipeline_run")
     contexts = [self.pipeline_context, self.node_context,
                 mlmd_pb.Context(type_id=run_type, name=run)]
     execution_id, artifact_ids, _ = self.store.put_execution(
@@ -143,11 +120,7 @@ class Filler:
   def artifact(self, type_name: str, uri: str, **custom) -> mlmd_pb.Artifact:
     artifact = mlmd_pb.Artifact(type_id=self.artifact_type(type_name), uri=uri,
                                 state=mlmd_pb.Artifact.LIVE)
-    for key, value in custom.items():
-      if isinstance(value, int):
-        artifact.custom_properties[key].int_value = value
-      else:
-        artifact.custom_properties[key].string_value = str(value)
+    mlmd.set_properties(artifact.custom_properties, custom)
     return artifact
 
   def served_graph(self) -> int:
@@ -193,25 +166,6 @@ class Filler:
         size_bytes=12_345_678, checksum=checksum, tf_version="2.16.2",
         fingerprint="f" * 64, resume_key=run_key)
 
-  def checkpoint_artifact(self, checkpoint: NewCheckpoint, live: bool) -> mlmd_pb.Artifact:
-    """The artifact `CheckpointRegistry.register` writes, in a given state."""
-    artifact = mlmd_pb.Artifact(
-        type_id=self.checkpoint_type_id, uri=checkpoint.uri,
-        state=mlmd_pb.Artifact.LIVE if live else mlmd_pb.Artifact.DELETED,
-        external_id=f"{checkpoint.uri}@{checkpoint.checksum}")
-    props = artifact.properties
-    props["step"].int_value = checkpoint.step
-    props["epoch"].int_value = checkpoint.epoch
-    props["metrics"].string_value = json.dumps(dict(checkpoint.metrics), sort_keys=True)
-    props["size_bytes"].int_value = checkpoint.size_bytes
-    props["checksum"].string_value = checkpoint.checksum
-    props["created_at"].string_value = _now()
-    props["tf_version"].string_value = checkpoint.tf_version
-    props["fingerprint"].string_value = checkpoint.fingerprint
-    props["resume_key"].string_value = checkpoint.resume_key
-    artifact.custom_properties["state"].string_value = "LIVE" if live else "DELETED"
-    return artifact
-
   def fill_to(self, total: int) -> None:
     """Adds training runs of 100 checkpoints until the store holds `total`
     Checkpoint artifacts (batched puts; each run is a Trainer execution that
@@ -228,17 +182,19 @@ class Filler:
         for i in range(count):
           step = 100 * (i + 1)
           checkpoint = self.new_checkpoint(f"run-{self.runs}-step-{step}", step, run_key)
-          batch_artifacts.append(self.checkpoint_artifact(
-              checkpoint, live=i >= count - LIVE_PER_RUN))
+          # What `CheckpointRegistry.register` writes, already pruned
+          # (DELETED) for all but the run's last few.
+          batch_artifacts.append(checkpoint_artifact(
+              self.checkpoint_type_id, checkpoint,
+              state=mlmd_pb.Artifact.LIVE if i >= count - LIVE_PER_RUN
+              else mlmd_pb.Artifact.DELETED))
           batch_runs.append((execution_id, step))
       ids = self.store.put_artifacts(batch_artifacts)
       events, attributions = [], []
       contexts_by_execution = {}
       for artifact_id, (execution_id, step) in zip(ids, batch_runs):
-        event = mlmd_pb.Event(artifact_id=artifact_id, execution_id=execution_id, type=OUTPUT)
-        event.path.steps.add().key = "checkpoints"
-        event.path.steps.add().index = step
-        events.append(event)
+        events.append(mlmd.output_event("checkpoints", artifact_id=artifact_id,
+                                        execution_id=execution_id, index=step))
         if execution_id not in contexts_by_execution:
           contexts_by_execution[execution_id] = self.store.get_contexts_by_execution(
               execution_id)
@@ -360,7 +316,6 @@ def set_wal_journal(path: str) -> None:
 def run_backend(backend: str, target: str, sizes: Sequence[int], *, registrations: int,
                 queries: int, root: str, workdir: str) -> list[dict]:
   store = metadata.open_store(target)
-  store.put_artifact_type(checkpoint_type(), can_add_fields=True)
   filler = Filler(store, root)
   filler.served_graph()
   rows = []

@@ -38,8 +38,8 @@ def _where(args) -> Home:
 
 
 def _metadata_target(args) -> str:
-  return args.metadata or os.environ.get("CKPTFLOW_METADATA") or _where(
-      args).metadata_sqlite
+  from ckptflow.base import metadata
+  return metadata.resolve_target(args.metadata, _home(args))
 
 
 def _print_json(document) -> None:
@@ -220,12 +220,9 @@ def _config_from_args(args, command: str, *, sample_data: bool = True) -> Pipeli
 
 
 def cmd_run(args) -> int:
+  # --metadata is in config.run.metadata; config.metadata_target applies
+  # the same rule as every other subcommand (metadata.resolve_target).
   config = _config_from_args(args, flags.RUN)
-  # Like every other subcommand: --metadata, else the config file, else
-  # $CKPTFLOW_METADATA, else HOME/metadata.sqlite.
-  env_target = os.environ.get("CKPTFLOW_METADATA", "").strip()
-  if args.metadata is None and not config.run.metadata and env_target:
-    config = config.replace(run={"metadata": env_target})
   from ckptflow.operations import run as run_operation
   summary = run_operation.run(config)
   for line in summary.lines():

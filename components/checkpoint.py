@@ -21,10 +21,10 @@ import os
 from typing import Iterable, Mapping, Sequence
 
 from ml_metadata import errors as mlmd_errors
-from ml_metadata import metadata_store
 from ml_metadata.proto import metadata_store_pb2
 
-from ckptflow.base.metadata import query, retry
+from ckptflow.base import mlmd
+from ckptflow.base.metadata import Store
 
 CHECKPOINT_TYPE_NAME = "Checkpoint"
 
@@ -68,18 +68,9 @@ def directory_digest(directory: str) -> tuple[int, str]:
   return size, sha.hexdigest()
 
 
-def checkpoint_type() -> metadata_store_pb2.ArtifactType:
-  artifact_type = metadata_store_pb2.ArtifactType(name=CHECKPOINT_TYPE_NAME)
-  for name, property_type in CHECKPOINT_PROPERTIES.items():
-    artifact_type.properties[name] = property_type
-  return artifact_type
-
-
-def ensure_checkpoint_type(store: metadata_store.MetadataStore) -> int:
+def ensure_checkpoint_type(store: Store) -> int:
   """Registers the Checkpoint type if needed; returns its type id."""
-  return retry(lambda: store.put_artifact_type(checkpoint_type(),
-                                               can_add_fields=True),
-               what="registering the Checkpoint type")
+  return mlmd.ensure_artifact_type(store, CHECKPOINT_TYPE_NAME, CHECKPOINT_PROPERTIES)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -148,6 +139,29 @@ def _now_iso() -> str:
   return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="milliseconds")
 
 
+def checkpoint_artifact(type_id: int, checkpoint: NewCheckpoint, *,
+                        state: int = _LIVE) -> metadata_store_pb2.Artifact:
+  """The Checkpoint artifact `CheckpointRegistry.register` writes for
+  `checkpoint` (created now), not yet in the store. Its external id is its
+  uri plus checksum; `state` is LIVE unless given."""
+  artifact = metadata_store_pb2.Artifact(
+      type_id=type_id, uri=checkpoint.uri, state=state,
+      external_id=f"{checkpoint.uri}@{checkpoint.checksum}")
+  mlmd.set_properties(artifact.properties, {
+      "step": checkpoint.step,
+      "epoch": checkpoint.epoch,
+      "metrics": json.dumps(dict(checkpoint.metrics), sort_keys=True),
+      "size_bytes": checkpoint.size_bytes,
+      "checksum": checkpoint.checksum,
+      "created_at": _now_iso(),
+      "tf_version": checkpoint.tf_version,
+      "fingerprint": checkpoint.fingerprint,
+      "resume_key": checkpoint.resume_key,
+  })
+  artifact.custom_properties["state"].string_value = STATE_NAMES[state]
+  return artifact
+
+
 class CheckpointRegistry:
   """Registers one Trainer execution's checkpoints in MLMD.
 
@@ -157,15 +171,13 @@ class CheckpointRegistry:
   second one. Not thread-safe; use one registry per thread.
   """
 
-  def __init__(self, store: metadata_store.MetadataStore, execution_id: int):
+  def __init__(self, store: Store, execution_id: int):
     self._store = store
     self._execution_id = execution_id
     self._type_id = ensure_checkpoint_type(store)
     # The pipeline, run and node contexts of the execution, so checkpoints
     # show up in per-run queries like every other artifact of the run.
-    self._contexts = query(
-        lambda: store.get_contexts_by_execution(execution_id),
-        what="reading the execution's contexts")
+    self._contexts = store.get_contexts_by_execution(execution_id)
 
   @property
   def execution_id(self) -> int:
@@ -173,31 +185,16 @@ class CheckpointRegistry:
 
   def register(self, checkpoint: NewCheckpoint) -> CheckpointRecord:
     """Records `checkpoint` as a LIVE artifact, OUTPUT of this execution."""
-    external_id = f"{checkpoint.uri}@{checkpoint.checksum}"
-    existing = _by_external_id(self._store, external_id)
+    artifact = checkpoint_artifact(self._type_id, checkpoint)
+    existing = _by_external_id(self._store, artifact.external_id)
     if existing:
       artifact_id = existing[0].id
     else:
-      artifact = metadata_store_pb2.Artifact(
-          type_id=self._type_id, uri=checkpoint.uri, state=_LIVE,
-          external_id=external_id)
-      props = artifact.properties
-      props["step"].int_value = checkpoint.step
-      props["epoch"].int_value = checkpoint.epoch
-      props["metrics"].string_value = json.dumps(dict(checkpoint.metrics), sort_keys=True)
-      props["size_bytes"].int_value = checkpoint.size_bytes
-      props["checksum"].string_value = checkpoint.checksum
-      props["created_at"].string_value = _now_iso()
-      props["tf_version"].string_value = checkpoint.tf_version
-      props["fingerprint"].string_value = checkpoint.fingerprint
-      props["resume_key"].string_value = checkpoint.resume_key
-      artifact.custom_properties["state"].string_value = "LIVE"
       try:
-        [artifact_id] = retry(lambda: self._store.put_artifacts([artifact]),
-                              what="registering a checkpoint")
+        [artifact_id] = self._store.put_artifacts([artifact])
       except mlmd_errors.AlreadyExistsError:
         # Another attempt won the race between our lookup and our put.
-        artifact_id = _by_external_id(self._store, external_id)[0].id
+        artifact_id = _by_external_id(self._store, artifact.external_id)[0].id
     self._link(artifact_id, metadata_store_pb2.Event.OUTPUT, "checkpoints",
                checkpoint.step)
     return get_checkpoint(self._store, artifact_id)
@@ -208,35 +205,26 @@ class CheckpointRegistry:
     self._link(artifact_id, metadata_store_pb2.Event.INPUT, key, 0)
 
   def _link(self, artifact_id: int, event_type: int, key: str, index: int) -> None:
-    events = query(lambda: self._store.get_events_by_artifact_ids([artifact_id]),
-                   what="reading checkpoint events")
+    events = self._store.get_events_by_artifact_ids([artifact_id])
     if any(e.execution_id == self._execution_id and e.type == event_type
            for e in events):
       return
-    event = metadata_store_pb2.Event(
-        artifact_id=artifact_id, execution_id=self._execution_id, type=event_type)
-    step = event.path.steps.add()
-    step.key = key
-    step = event.path.steps.add()
-    step.index = index
-    retry(lambda: self._store.put_events([event]), what="recording a checkpoint event")
+    event = mlmd.event(event_type, key, artifact_id=artifact_id,
+                       execution_id=self._execution_id, index=index)
+    self._store.put_events([event])
     attributions = [metadata_store_pb2.Attribution(context_id=c.id, artifact_id=artifact_id)
                     for c in self._contexts]
     if attributions:
-      retry(lambda: self._store.put_attributions_and_associations(attributions, []),
-            what="attributing a checkpoint to its run")
+      self._store.put_attributions_and_associations(attributions, [])
 
 
-def _by_external_id(store: metadata_store.MetadataStore,
-                    external_id: str) -> list[metadata_store_pb2.Artifact]:
-  return query(lambda: store.get_artifacts_by_external_ids([external_id]),
-               what="looking up a checkpoint")
+def _by_external_id(store: Store, external_id: str) -> list[metadata_store_pb2.Artifact]:
+  return store.get_artifacts_by_external_ids([external_id])
 
 
-def get_checkpoint(store: metadata_store.MetadataStore, artifact_id: int) -> CheckpointRecord:
+def get_checkpoint(store: Store, artifact_id: int) -> CheckpointRecord:
   from ckptflow.base.errors import CheckpointError
-  artifacts = query(lambda: store.get_artifacts_by_id([artifact_id]),
-                    what="reading a checkpoint")
+  artifacts = store.get_artifacts_by_id([artifact_id])
   if not artifacts:
     raise CheckpointError(f"no artifact with id {artifact_id}")
   [artifact] = artifacts
@@ -247,43 +235,38 @@ def get_checkpoint(store: metadata_store.MetadataStore, artifact_id: int) -> Che
   return CheckpointRecord.from_artifact(artifact)
 
 
-def list_checkpoints(store: metadata_store.MetadataStore) -> list[CheckpointRecord]:
+def list_checkpoints(store: Store) -> list[CheckpointRecord]:
   """Every Checkpoint artifact in the store, oldest first."""
-  artifacts = query(lambda: store.get_artifacts_by_type(CHECKPOINT_TYPE_NAME),
-                    what="listing checkpoints")
+  artifacts = store.get_artifacts_by_type(CHECKPOINT_TYPE_NAME)
   return sorted((CheckpointRecord.from_artifact(a) for a in artifacts),
                 key=lambda r: r.id)
 
 
-def set_states(store: metadata_store.MetadataStore, artifact_ids: Iterable[int],
+def set_states(store: Store, artifact_ids: Iterable[int],
                state: int, *, reason: str = "") -> None:
   """Moves checkpoints to `state` (LIVE, DELETED or ABANDONED), keeping the
   custom property `state` in step with MLMD's own state field."""
   ids = list(artifact_ids)
   if not ids:
     return
-  artifacts = retry(lambda: store.get_artifacts_by_id(ids), what="reading checkpoints")
+  artifacts = store.get_artifacts_by_id(ids)
   for artifact in artifacts:
     artifact.state = state
     artifact.custom_properties["state"].string_value = STATE_NAMES[state]
     if reason:
       artifact.custom_properties["state_reason"].string_value = reason
-  retry(lambda: store.put_artifacts(artifacts), what="updating checkpoint states")
+  store.put_artifacts(artifacts)
 
 
-def set_protected(store: metadata_store.MetadataStore, artifact_id: int,
-                  reason: str) -> None:
+def set_protected(store: Store, artifact_id: int, reason: str) -> None:
   """Marks a checkpoint as never to be pruned (it was exported or promoted)."""
-  [artifact] = retry(lambda: store.get_artifacts_by_id([artifact_id]),
-                     what="reading a checkpoint")
+  [artifact] = store.get_artifacts_by_id([artifact_id])
   artifact.custom_properties["protected"].string_value = reason
-  retry(lambda: store.put_artifacts([artifact]), what="protecting a checkpoint")
+  store.put_artifacts([artifact])
 
 
-def producer_execution_ids(store: metadata_store.MetadataStore,
-                           artifact_ids: Sequence[int]) -> dict[int, int]:
+def producer_execution_ids(store: Store, artifact_ids: Sequence[int]) -> dict[int, int]:
   """artifact id -> id of the execution that has it as OUTPUT."""
-  events = query(lambda: store.get_events_by_artifact_ids(list(artifact_ids)),
-                 what="reading checkpoint events")
+  events = store.get_events_by_artifact_ids(list(artifact_ids))
   return {e.artifact_id: e.execution_id for e in events
           if e.type == metadata_store_pb2.Event.OUTPUT}

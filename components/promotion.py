@@ -19,10 +19,12 @@ MLMD is the source of truth; `models.config` is derived from it.
   labelled versions plus the newest served version, with their labels.
 
 Each execution, its new artifact and its events are written in one MLMD
-transaction (`put_execution`), so a crash never leaves half a record. Store
-calls go through `ckptflow.base.metadata.retry`. Types carry no declared
-properties (custom properties only), so they never clash with the types TFX
-registers (TFX registers `PushedModel` with none).
+transaction (`put_execution`), so a crash never leaves half a record. The
+store is a `ckptflow.base.metadata.Store`, which retries its calls. Types
+carry no declared properties (custom properties only), so they never clash
+with the types TFX registers (TFX registers `PushedModel` with none).
+Served versions and labels of one model are read with MLMD filter queries
+on the `model_name` custom property, not by reading every model's records.
 
 This module imports neither TensorFlow nor TFX.
 """
@@ -43,8 +45,9 @@ from ckptflow.components.pusher import serving
 from ckptflow.components.pusher.serving import ServedVersion
 from ckptflow.base.errors import MetadataError, ServingError
 from ckptflow.base.faults import fault_point
+from ckptflow.base import mlmd
+from ckptflow.base.metadata import Store
 from ckptflow.base.names import validate_model_name
-from ckptflow.base.metadata import retry
 
 PUSHED_MODEL_TYPE_NAME = "PushedModel"
 PROMOTE_TYPE_NAME = "ckptflow.Promote"
@@ -59,7 +62,6 @@ PUSHED_DESTINATION_KEY = "pushed_destination"
 PUSHED_VERSION_KEY = "pushed_version"
 
 _log = logging.getLogger(__name__)
-_INPUT = metadata_store_pb2.Event.INPUT
 _OUTPUT = metadata_store_pb2.Event.OUTPUT
 _NO_VERSION = -1
 
@@ -101,40 +103,30 @@ class LabelChange:
 # --- types -------------------------------------------------------------------
 
 
-def ensure_types(store: metadata_store.MetadataStore) -> dict[str, int]:
+def ensure_types(store: Store) -> dict[str, int]:
   """Registers PushedModel, ckptflow.Promote and ckptflow.SetLabel if needed.
 
   PushedModel is registered as TFX registers it (base type MODEL, no
   declared properties); an existing registration with properties is kept.
   Returns type name -> type id.
   """
-  pushed = metadata_store_pb2.ArtifactType(
-      name=PUSHED_MODEL_TYPE_NAME, base_type=metadata_store_pb2.ArtifactType.MODEL)
-  ids = {PUSHED_MODEL_TYPE_NAME: retry(
-      lambda: store.put_artifact_type(pushed, can_add_fields=True,
-                                      can_omit_fields=True),
-      what="registering the PushedModel type")}
+  ids = {PUSHED_MODEL_TYPE_NAME: mlmd.ensure_artifact_type(
+      store, PUSHED_MODEL_TYPE_NAME, base_type=metadata_store_pb2.ArtifactType.MODEL)}
   for name in (PROMOTE_TYPE_NAME, SET_LABEL_TYPE_NAME):
-    execution_type = metadata_store_pb2.ExecutionType(name=name)
-    ids[name] = retry(
-        lambda: store.put_execution_type(execution_type, can_add_fields=True,
-                                         can_omit_fields=True),
-        what=f"registering the {name} type")
+    ids[name] = mlmd.ensure_execution_type(store, name)
   return ids
 
 
 # --- property helpers ----------------------------------------------------------
 
 
-def _custom(node, key: str):
-  """The python value of custom property `key` (or declared property), or None."""
-  for properties in (node.custom_properties, node.properties):
-    if key in properties:
-      value = properties[key]
-      kind = value.WhichOneof("value")
-      return getattr(value, kind) if kind in (
-          "int_value", "double_value", "string_value", "bool_value") else None
-  return None
+def _of_model(type_name: str, model_name: str) -> metadata_store.ListOptions:
+  """List options for the records of type `type_name` whose `model_name`
+  custom property is `model_name` (where every writer puts it: `mark_pushed`,
+  `mark_not_pushed`, our executions)."""
+  return metadata_store.ListOptions(filter_query=(
+      f"type = {mlmd.quote(type_name)} AND "
+      f"custom_properties.model_name.string_value = {mlmd.quote(model_name)}"))
 
 
 def _iso(ms: int) -> str:
@@ -175,32 +167,16 @@ def mark_not_pushed(artifact: metadata_store_pb2.Artifact, *, model_name: str,
 
 
 def _require_artifact(store, artifact_id: int, type_name: str, role: str):
-  artifacts = retry(lambda: store.get_artifacts_by_id([artifact_id]),
-                    what=f"reading the {role} artifact")
+  artifacts = store.get_artifacts_by_id([artifact_id])
   if not artifacts:
     raise MetadataError(f"{role} artifact id {artifact_id} is not in the "
                         f"metadata store. Expected the id of a {type_name}")
   [artifact] = artifacts
-  [artifact_type] = retry(lambda: store.get_artifact_types_by_id([artifact.type_id]),
-                          what="reading an artifact type")
+  [artifact_type] = store.get_artifact_types_by_id([artifact.type_id])
   if artifact_type.name != type_name:
     raise MetadataError(f"artifact {artifact_id} is a {artifact_type.name}. "
                         f"Expected a {type_name} as the {role}")
   return artifact
-
-
-def _input_event(artifact_id: int, key: str) -> metadata_store_pb2.Event:
-  event = metadata_store_pb2.Event(artifact_id=artifact_id, type=_INPUT)
-  event.path.steps.add().key = key
-  event.path.steps.add().index = 0
-  return event
-
-
-def _output_event(key: str) -> metadata_store_pb2.Event:
-  event = metadata_store_pb2.Event(type=_OUTPUT)
-  event.path.steps.add().key = key
-  event.path.steps.add().index = 0
-  return event
 
 
 def _put_promote(store, *, model_artifact_id: int, blessing_artifact_id: int | None,
@@ -208,14 +184,12 @@ def _put_promote(store, *, model_artifact_id: int, blessing_artifact_id: int | N
                  execution: metadata_store_pb2.Execution) -> int:
   # Existing artifacts are passed as events only (artifact None), so this
   # transaction cannot overwrite the Model or the blessing.
-  pairs = [(None, _input_event(model_artifact_id, "model"))]
+  pairs = [(None, mlmd.input_event("model", model_artifact_id))]
   if blessing_artifact_id is not None:
-    pairs.append((None, _input_event(blessing_artifact_id, "model_blessing")))
-  pairs.append((pushed, _output_event("pushed_model")))
+    pairs.append((None, mlmd.input_event("model_blessing", blessing_artifact_id)))
+  pairs.append((pushed, mlmd.output_event("pushed_model")))
   try:
-    _, artifact_ids, _ = retry(
-        lambda: store.put_execution(execution, pairs, contexts=[]),
-        what="recording a promotion")
+    _, artifact_ids, _ = store.put_execution(execution, pairs, contexts=[])
   except mlmd_errors.AlreadyExistsError as e:
     raise ServingError(f"{pushed.uri!r} is already recorded as a served "
                        "version; a version is recorded once") from e
@@ -228,17 +202,17 @@ def _check_inputs(store, model_artifact_id: int, blessing_artifact_id: int | Non
   if blessing_artifact_id is not None:
     blessing = _require_artifact(store, blessing_artifact_id,
                                  MODEL_BLESSING_TYPE_NAME, "blessing")
-    if not forced and _custom(blessing, "blessed") != 1:
+    if not forced and mlmd.property_value(blessing, "blessed") != 1:
       raise ServingError(
           f"model blessing {blessing_artifact_id} is not blessed (blessed="
-          f"{_custom(blessing, 'blessed')}). Expected blessed=1, or push with "
+          f"{mlmd.property_value(blessing, 'blessed')}). Expected blessed=1, or push with "
           "forced=True")
 
 
 # --- pushes ------------------------------------------------------------------
 
 
-def record_push(store: metadata_store.MetadataStore, *, model_artifact_id: int,
+def record_push(store: Store, *, model_artifact_id: int,
                 served: ServedVersion, label: str | None, forced: bool,
                 blessing_artifact_id: int | None = None,
                 serving_root: str) -> int:
@@ -287,7 +261,7 @@ def record_push(store: metadata_store.MetadataStore, *, model_artifact_id: int,
                       pushed=pushed, execution=execution)
 
 
-def record_not_pushed(store: metadata_store.MetadataStore, *, model_artifact_id: int,
+def record_not_pushed(store: Store, *, model_artifact_id: int,
                       model_name: str, reason: str,
                       blessing_artifact_id: int | None = None) -> int:
   """Records that the Model was considered for serving and not pushed.
@@ -317,52 +291,49 @@ def record_not_pushed(store: metadata_store.MetadataStore, *, model_artifact_id:
                       pushed=pushed, execution=execution)
 
 
-def _artifacts_of_type(store, type_name: str) -> list[metadata_store_pb2.Artifact]:
-  try:
-    return retry(lambda: store.get_artifacts_by_type(type_name),
-                 what=f"listing {type_name} artifacts")
-  except mlmd_errors.NotFoundError:
-    return []
-
-
 def _served_record(artifact: metadata_store_pb2.Artifact) -> ServedRecord | None:
-  if _custom(artifact, PUSHED_KEY) != 1:
+  if mlmd.property_value(artifact, PUSHED_KEY) != 1:
     return None
-  model_name = _custom(artifact, "model_name")
-  version = _custom(artifact, "version")
+  model_name = mlmd.property_value(artifact, "model_name")
+  version = mlmd.property_value(artifact, "version")
   if not isinstance(version, int):
-    pushed_version = _custom(artifact, PUSHED_VERSION_KEY)
+    pushed_version = mlmd.property_value(artifact, PUSHED_VERSION_KEY)
     version = int(pushed_version) if (
         isinstance(pushed_version, str) and pushed_version.isdigit()) else None
   if not isinstance(model_name, str) or not model_name or version is None:
     return None  # a PushedModel from a pusher that does not name its version
   return ServedRecord(
       artifact_id=artifact.id, model_name=model_name, version=version,
-      path=_custom(artifact, PUSHED_DESTINATION_KEY) or artifact.uri,
-      label=_custom(artifact, "label") or "",
-      forced=bool(_custom(artifact, "forced")),
+      path=mlmd.property_value(artifact, PUSHED_DESTINATION_KEY) or artifact.uri,
+      label=mlmd.property_value(artifact, "label") or "",
+      forced=bool(mlmd.property_value(artifact, "forced")),
       pushed_at=_iso(artifact.create_time_since_epoch))
 
 
-def all_served_versions(store: metadata_store.MetadataStore) -> list[ServedRecord]:
-  """Every served version of every model, by model name then version."""
-  records = [r for a in _artifacts_of_type(store, PUSHED_MODEL_TYPE_NAME)
-             if (r := _served_record(a)) is not None]
+def _served_records(artifacts: Sequence[metadata_store_pb2.Artifact]) -> list[ServedRecord]:
+  records = [r for a in artifacts if (r := _served_record(a)) is not None]
   return sorted(records, key=lambda r: (r.model_name, r.version, r.artifact_id))
 
 
-def served_versions(store: metadata_store.MetadataStore,
-                    model_name: str) -> list[ServedRecord]:
+def all_served_versions(store: Store) -> list[ServedRecord]:
+  """Every served version of every model, by model name then version."""
+  return _served_records(store.get_artifacts_by_type(PUSHED_MODEL_TYPE_NAME))
+
+
+def served_versions(store: Store, model_name: str) -> list[ServedRecord]:
   """Served versions of `model_name` recorded in MLMD, oldest version first.
 
   Any PushedModel with pushed=1 and the model_name / version (or
   pushed_version) custom properties counts, whichever executor wrote it.
+  One filtered MLMD read: only that model's PushedModels.
   """
   validate_model_name(model_name)
-  return [r for r in all_served_versions(store) if r.model_name == model_name]
+  artifacts = store.get_artifacts(
+      list_options=_of_model(PUSHED_MODEL_TYPE_NAME, model_name))
+  return [r for r in _served_records(artifacts) if r.model_name == model_name]
 
 
-def served_version(store: metadata_store.MetadataStore, model_name: str,
+def served_version(store: Store, model_name: str,
                    version: int) -> ServedRecord:
   """The record of one served version.
 
@@ -381,32 +352,29 @@ def served_version(store: metadata_store.MetadataStore, model_name: str,
 # --- labels ------------------------------------------------------------------
 
 
-def label_history(store: metadata_store.MetadataStore, model_name: str,
+def label_history(store: Store, model_name: str,
                   label: str | None = None) -> list[LabelChange]:
   """Every label assignment of `model_name` (of `label` only, if given), in
   execution-id order: labelled pushes (reason "push", execution = the one
   that produced the PushedModel) and SetLabel executions. A PushedModel no
   execution produced has no place in that order and assigns nothing."""
   changes: list[LabelChange] = []
-  try:
-    executions = retry(lambda: store.get_executions_by_type(SET_LABEL_TYPE_NAME),
-                       what="listing label changes")
-  except mlmd_errors.NotFoundError:
-    executions = []
-  for execution in executions:
-    if _custom(execution, "model_name") != model_name:
+  executions = store.get_executions(
+      list_options=_of_model(SET_LABEL_TYPE_NAME, model_name))
+  for execution in sorted(executions, key=lambda e: e.id):
+    if mlmd.property_value(execution, "model_name") != model_name:
       continue
-    previous = _custom(execution, "previous_version")
+    previous = mlmd.property_value(execution, "previous_version")
     changes.append(LabelChange(
         execution_id=execution.id, model_name=model_name,
-        label=_custom(execution, "label"), version=_custom(execution, "version"),
+        label=mlmd.property_value(execution, "label"),
+        version=mlmd.property_value(execution, "version"),
         previous_version=None if previous in (None, _NO_VERSION) else previous,
-        reason=_custom(execution, "reason") or "",
+        reason=mlmd.property_value(execution, "reason") or "",
         changed_at=_iso(execution.create_time_since_epoch)))
   pushes = {r.artifact_id: r for r in served_versions(store, model_name) if r.label}
   if pushes:
-    events = retry(lambda: store.get_events_by_artifact_ids(list(pushes)),
-                   what="reading push events")
+    events = store.get_events_by_artifact_ids(list(pushes))
     # The producer is the first execution with an OUTPUT event: TFX links a
     # cached rerun of the Pusher (a CACHED execution) to the same PushedModel
     # with an OUTPUT event of its own, which assigns nothing anew.
@@ -433,7 +401,7 @@ def label_history(store: metadata_store.MetadataStore, model_name: str,
   return [c for c in replayed if label is None or c.label == label]
 
 
-def current_labels(store: metadata_store.MetadataStore, model_name: str) -> dict[str, int]:
+def current_labels(store: Store, model_name: str) -> dict[str, int]:
   """label -> version for `model_name`: what each label's latest assignment
   (labelled push or SetLabel, by execution id) gave it."""
   labels = {}
@@ -442,7 +410,7 @@ def current_labels(store: metadata_store.MetadataStore, model_name: str) -> dict
   return dict(sorted(labels.items()))
 
 
-def set_label(store: metadata_store.MetadataStore, model_name: str, label: str,
+def set_label(store: Store, model_name: str, label: str,
               version: int, reason: str) -> int:
   """Points `label` of `model_name` at served version `version` (relabel,
   e.g. canary to stable, or rollback).
@@ -475,10 +443,8 @@ def set_label(store: metadata_store.MetadataStore, model_name: str, label: str,
   props["version"].int_value = version
   props["previous_version"].int_value = previous
   props["reason"].string_value = reason
-  event = _input_event(record.artifact_id, "pushed_model")
-  execution_id, _, _ = retry(
-      lambda: store.put_execution(execution, [(None, event)], contexts=[]),
-      what="recording a label change")
+  event = mlmd.input_event("pushed_model", record.artifact_id)
+  execution_id, _, _ = store.put_execution(execution, [(None, event)], contexts=[])
   return execution_id
 
 
@@ -497,7 +463,7 @@ def _stable_stack(history: Sequence[LabelChange]) -> list[int]:
   return stack
 
 
-def rollback(store: metadata_store.MetadataStore, serving_root: str,
+def rollback(store: Store, serving_root: str,
              model_name: str, to_version: int | None = None) -> tuple[int, int]:
   """Moves the `stable` label back, and rewrites models.config.
 
@@ -553,7 +519,7 @@ def _rollback_target(store, serving_root: str, model_name: str,
   return current, to_version
 
 
-def serving_states(store: metadata_store.MetadataStore, serving_root: str, *,
+def serving_states(store: Store, serving_root: str, *,
                    pending: ServedVersion | None = None,
                    pending_label: str | None = None
                    ) -> dict[str, serving.ModelServingState]:
@@ -600,7 +566,7 @@ def serving_states(store: metadata_store.MetadataStore, serving_root: str, *,
   return states
 
 
-def sync_models_config(store: metadata_store.MetadataStore, serving_root: str, *,
+def sync_models_config(store: Store, serving_root: str, *,
                        pending: ServedVersion | None = None,
                        pending_label: str | None = None
                        ) -> dict[str, serving.ModelServingState]:
@@ -618,7 +584,7 @@ def sync_models_config(store: metadata_store.MetadataStore, serving_root: str, *
   return states
 
 
-def promote(store: metadata_store.MetadataStore, *, saved_model_dir: str,
+def promote(store: Store, *, saved_model_dir: str,
             serving_root: str, model_name: str, model_artifact_id: int,
             label: str = STABLE, forced: bool = False,
             blessing_artifact_id: int | None = None,

@@ -206,8 +206,7 @@ def _check_exports(store, where: Home) -> list[Finding]:
           exports.append(entry.path)
   if not exports:
     return []
-  models = metadata.query(lambda: store.get_artifacts_by_type("Model"),
-                          what="listing Model artifacts")
+  models = store.get_artifacts_by_type("Model")
   recorded = {os.path.abspath(m.uri) for m in models}
   findings = []
   for path in exports:
@@ -238,8 +237,7 @@ def _model_names(serving_root: str) -> list[str]:
 def _pushed_states(store, artifact_ids: Sequence[int]) -> dict[int, int]:
   if not artifact_ids:
     return {}
-  artifacts = metadata.query(lambda: store.get_artifacts_by_id(list(artifact_ids)),
-                             what="reading served versions")
+  artifacts = store.get_artifacts_by_id(list(artifact_ids))
   return {a.id: a.state for a in artifacts}
 
 
@@ -337,12 +335,10 @@ def _unpublish_version(path: str) -> None:
 
 
 def _mark_deleted(store, artifact_id: int, reason: str) -> None:
-  [artifact] = metadata.retry(lambda: store.get_artifacts_by_id([artifact_id]),
-                              what="reading a served version")
+  [artifact] = store.get_artifacts_by_id([artifact_id])
   artifact.state = metadata_store_pb2.Artifact.DELETED
   artifact.custom_properties["state_reason"].string_value = reason
-  metadata.retry(lambda: store.put_artifacts([artifact]),
-                 what="marking a served version DELETED")
+  store.put_artifacts([artifact])
 
 
 def _apply(store, where: Home, finding: Finding) -> None:

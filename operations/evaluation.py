@@ -27,14 +27,12 @@ import logging
 import os
 from typing import Any, Mapping, Sequence
 
-from ml_metadata import metadata_store
 from ml_metadata.proto import metadata_store_pb2
 
 from ckptflow.components import promotion
-from ckptflow.operations.export import (ensure_artifact_type, ensure_execution_type,
-                                                   event)
+from ckptflow.base import mlmd
 from ckptflow.base.errors import CkptflowError
-from ckptflow.base.metadata import query, retry
+from ckptflow.base.metadata import Store
 
 EVALUATE_TYPE_NAME = "ckptflow.Evaluate"
 BLESSING_TYPE_NAME = "ModelBlessing"
@@ -64,7 +62,7 @@ class Baseline:
     return dataclasses.asdict(self)
 
 
-def stable_baseline(store: metadata_store.MetadataStore, model_name: str) -> Baseline | None:
+def stable_baseline(store: Store, model_name: str) -> Baseline | None:
   """The version of `model_name` labelled stable in MLMD, if it is still on
   disk; None if there is none. Its Model is found through events: the
   pushing execution's INPUT under key `model`. Read-only."""
@@ -76,13 +74,11 @@ def stable_baseline(store: metadata_store.MetadataStore, model_name: str) -> Bas
     _log.warning("stable version %d of %r is gone from %s; evaluating without a "
                  "baseline", version, model_name, record.path)
     return None
-  events = query(lambda: store.get_events_by_artifact_ids([record.artifact_id]),
-                 what="reading the stable version's events")
+  events = store.get_events_by_artifact_ids([record.artifact_id])
   pushers = [e.execution_id for e in events if e.type == _OUTPUT]
   model_id = None
   if pushers:
-    inputs = query(lambda: store.get_events_by_execution_ids(pushers),
-                   what="reading the pushing execution's events")
+    inputs = store.get_events_by_execution_ids(pushers)
     keyed = [e.artifact_id for e in inputs if e.type == _INPUT
              and any(s.key == "model" for s in e.path.steps)]
     model_id = keyed[0] if keyed else None
@@ -116,13 +112,12 @@ class Evaluation:
 
 def _tfx_artifact(store, artifact: metadata_store_pb2.Artifact):
   from tfx.types import artifact_utils
-  [artifact_type] = retry(lambda: store.get_artifact_types_by_id([artifact.type_id]),
-                          what="reading an artifact type")
+  [artifact_type] = store.get_artifact_types_by_id([artifact.type_id])
   return artifact_utils.deserialize_artifact(artifact_type, artifact)
 
 
 def _read_artifact(store, artifact_id: int, role: str) -> metadata_store_pb2.Artifact:
-  found = retry(lambda: store.get_artifacts_by_id([artifact_id]), what=f"reading the {role}")
+  found = store.get_artifacts_by_id([artifact_id])
   if not found:
     raise CkptflowError(f"{role} artifact {artifact_id} is not in the metadata store")
   return found[0]
@@ -182,7 +177,7 @@ def _overall_metrics(output_dir: str) -> dict[str, float]:
   return dict(sorted(metrics.items()))
 
 
-def evaluate_candidate(store: metadata_store.MetadataStore, *, model_artifact_id: int,
+def evaluate_candidate(store: Store, *, model_artifact_id: int,
                        examples_artifact_id: int, baseline: Baseline | None,
                        eval_config_json: str, output_dir: str,
                        beam_args: Sequence[str] = DEFAULT_BEAM_ARGS,
@@ -249,7 +244,7 @@ def _record(store, *, model_artifact_id, examples_artifact_id, baseline, blessin
             evaluation, blessed, reason, metrics, output_dir,
             extra_properties) -> Evaluation:
   blessing_artifact = metadata_store_pb2.Artifact(
-      type_id=ensure_artifact_type(store, BLESSING_TYPE_NAME), uri=blessing.uri,
+      type_id=mlmd.ensure_artifact_type(store, BLESSING_TYPE_NAME), uri=blessing.uri,
       state=metadata_store_pb2.Artifact.LIVE)
   blessing_artifact.custom_properties.MergeFrom(blessing.mlmd_artifact.custom_properties)
   if baseline is not None:  # TFX recorded the symlink holder; name what serves
@@ -257,11 +252,11 @@ def _record(store, *, model_artifact_id, examples_artifact_id, baseline, blessin
   if reason:
     blessing_artifact.custom_properties["reason"].string_value = reason
   evaluation_artifact = metadata_store_pb2.Artifact(
-      type_id=ensure_artifact_type(store, EVALUATION_TYPE_NAME), uri=evaluation.uri,
+      type_id=mlmd.ensure_artifact_type(store, EVALUATION_TYPE_NAME), uri=evaluation.uri,
       state=metadata_store_pb2.Artifact.LIVE)
   evaluation_artifact.custom_properties["metrics"].string_value = json.dumps(metrics)
   execution = metadata_store_pb2.Execution(
-      type_id=ensure_execution_type(store, EVALUATE_TYPE_NAME),
+      type_id=mlmd.ensure_execution_type(store, EVALUATE_TYPE_NAME),
       last_known_state=metadata_store_pb2.Execution.COMPLETE)
   props = execution.custom_properties
   props["blessed"].int_value = int(blessed)
@@ -270,23 +265,17 @@ def _record(store, *, model_artifact_id, examples_artifact_id, baseline, blessin
   if baseline is not None:
     props["baseline_model_name"].string_value = baseline.model_name
     props["baseline_version"].int_value = baseline.version
-  for key, value in extra_properties.items():
-    if isinstance(value, int) and not isinstance(value, bool):
-      props[key].int_value = value
-    else:
-      props[key].string_value = str(value)
-  pairs = [(None, event("model", _INPUT, model_artifact_id)),
-           (None, event("examples", _INPUT, examples_artifact_id))]
+  mlmd.set_properties(props, extra_properties)
+  pairs = [(None, mlmd.input_event("model", model_artifact_id)),
+           (None, mlmd.input_event("examples", examples_artifact_id))]
   if baseline is not None:
     if baseline.model_artifact_id is not None:
-      pairs.append((None, event("baseline_model", _INPUT, baseline.model_artifact_id)))
-    pairs.append((None, event("baseline_pushed_model", _INPUT,
-                              baseline.pushed_model_artifact_id)))
-  pairs += [(blessing_artifact, event("blessing", _OUTPUT)),
-            (evaluation_artifact, event("evaluation", _OUTPUT))]
-  execution_id, artifact_ids, _ = retry(
-      lambda: store.put_execution(execution, pairs, contexts=[]),
-      what="recording the evaluation")
+      pairs.append((None, mlmd.input_event("baseline_model", baseline.model_artifact_id)))
+    pairs.append((None, mlmd.input_event("baseline_pushed_model",
+                                         baseline.pushed_model_artifact_id)))
+  pairs += [(blessing_artifact, mlmd.output_event("blessing")),
+            (evaluation_artifact, mlmd.output_event("evaluation"))]
+  execution_id, artifact_ids, _ = store.put_execution(execution, pairs, contexts=[])
   return Evaluation(execution_id=execution_id, blessing_artifact_id=artifact_ids[-2],
                     evaluation_artifact_id=artifact_ids[-1], blessed=blessed,
                     reason=reason, baseline=baseline, metrics=metrics,

@@ -48,7 +48,6 @@ import shutil
 from typing import Any, Mapping
 
 from ml_metadata import errors as mlmd_errors
-from ml_metadata import metadata_store
 from ml_metadata.proto import metadata_store_pb2
 
 from ckptflow.components import checkpoint as checkpoints
@@ -56,7 +55,8 @@ from ckptflow.components.checkpoint import CheckpointRecord
 from ckptflow.base import home as home_layout
 from ckptflow.base import storage
 from ckptflow.base.errors import CheckpointError, CkptflowError
-from ckptflow.base.metadata import query, retry
+from ckptflow.base import mlmd
+from ckptflow.base.metadata import Store
 
 EXPORT_TYPE_NAME = "ckptflow.Export"
 MODEL_TYPE_NAME = "Model"
@@ -89,7 +89,7 @@ def _latest_run(records: list[CheckpointRecord]) -> list[CheckpointRecord]:
   return [r for r in records if r.resume_key == newest.resume_key]
 
 
-def resolve_checkpoint(store: metadata_store.MetadataStore, spec: str) -> CheckpointRecord:
+def resolve_checkpoint(store: Store, spec: str) -> CheckpointRecord:
   """The LIVE checkpoint `spec` names.
 
   `spec` is a Checkpoint artifact id; `step:N`, the checkpoint at step N of
@@ -144,27 +144,14 @@ def _best_rule(store, records: list[CheckpointRecord]) -> tuple[str, str]:
   """(metric, "min"|"max") the run's Trainer ranked its checkpoints by."""
   producers = checkpoints.producer_execution_ids(store, [records[-1].id])
   execution_ids = list(producers.values())
-  executions = query(lambda: store.get_executions_by_id(execution_ids),
-                     what="reading the Trainer execution") if execution_ids else []
-  props = properties(executions[0]) if executions else {}
+  executions = store.get_executions_by_id(execution_ids) if execution_ids else []
+  props = mlmd.properties(executions[0]) if executions else {}
   metric = props.get("best_metric") or "loss"
   mode = props.get("best_mode") if props.get("best_mode") in ("min", "max") else "min"
   return str(metric), str(mode)
 
 
 # --- where it came from --------------------------------------------------------
-
-
-def properties(node) -> dict[str, Any]:
-  """An execution's or artifact's properties and custom properties as
-  Python values (declared properties win a name clash)."""
-  values = {}
-  for props in (node.custom_properties, node.properties):
-    for key, value in props.items():
-      kind = value.WhichOneof("value")
-      if kind in ("int_value", "double_value", "string_value", "bool_value"):
-        values[key] = getattr(value, kind)
-  return values
 
 
 @dataclasses.dataclass(frozen=True)
@@ -188,7 +175,7 @@ def _first_key(event: metadata_store_pb2.Event) -> str:
   return next((s.key for s in event.path.steps if s.HasField("key")), "")
 
 
-def training_of(store: metadata_store.MetadataStore, record: CheckpointRecord) -> Training:
+def training_of(store: Store, record: CheckpointRecord) -> Training:
   """The Trainer execution that produced `record` (its OUTPUT event), with
   its recorded settings and its input and output artifacts. Read-only.
 
@@ -201,24 +188,21 @@ def training_of(store: metadata_store.MetadataStore, record: CheckpointRecord) -
     raise CheckpointError(f"checkpoint {record.id} has no producing execution in "
                           "the metadata store. Expected one written by the Trainer")
   execution_id = producers[record.id]
-  [execution] = retry(lambda: store.get_executions_by_id([execution_id]),
-                      what="reading the Trainer execution")
-  props = properties(execution)
+  [execution] = store.get_executions_by_id([execution_id])
+  props = mlmd.properties(execution)
   missing = [k for k in ("module", "feature_keys", "label_key") if not props.get(k)]
   if missing:
     raise CheckpointError(
         f"execution {execution_id}, which wrote checkpoint {record.id}, does not "
         f"record {missing[0]!r}. Expected a CheckpointingTrainer execution")
-  events = query(lambda: store.get_events_by_execution_ids([execution_id]),
-                 what="reading the Trainer's events")
+  events = store.get_events_by_execution_ids([execution_id])
   wanted = {(_INPUT, "examples"): None, (_INPUT, "schema"): None, (_OUTPUT, "model"): None}
   for event in events:
     slot = (event.type, _first_key(event))
     if slot in wanted:
       wanted[slot] = event.artifact_id
   ids = [i for i in wanted.values() if i is not None]
-  found = {a.id: a for a in (retry(lambda: store.get_artifacts_by_id(ids),
-                                   what="reading the Trainer's artifacts") if ids else [])}
+  found = {a.id: a for a in (store.get_artifacts_by_id(ids) if ids else [])}
   return Training(
       execution_id=execution_id, exec_properties=props,
       examples=found.get(wanted[(_INPUT, "examples")]),
@@ -249,63 +233,25 @@ class ExportRecord:
     return dataclasses.asdict(self) | {"saved_model_dir": self.saved_model_dir}
 
 
-def ensure_artifact_type(store: metadata_store.MetadataStore, name: str,
-                         base_type: int | None = None) -> int:
-  """The id of artifact type `name`, registering it (without declared
-  properties, as TFX registers its standard types) if it is new. An
-  existing registration is used as it is, so nothing conflicts with TFX's."""
-  try:
-    return store.get_artifact_type(name).id
-  except mlmd_errors.NotFoundError:
-    pass
-  artifact_type = metadata_store_pb2.ArtifactType(name=name)
-  if base_type is not None:
-    artifact_type.base_type = base_type
-  return retry(lambda: store.put_artifact_type(artifact_type, can_add_fields=True,
-                                               can_omit_fields=True),
-               what=f"registering the {name} type")
-
-
-def ensure_execution_type(store: metadata_store.MetadataStore, name: str) -> int:
-  execution_type = metadata_store_pb2.ExecutionType(name=name)
-  return retry(lambda: store.put_execution_type(execution_type, can_add_fields=True,
-                                                can_omit_fields=True),
-               what=f"registering the {name} type")
-
-
-def event(key: str, event_type: int, artifact_id: int | None = None
-          ) -> metadata_store_pb2.Event:
-  """An MLMD event with path [key, 0] (TFX's convention)."""
-  result = metadata_store_pb2.Event(type=event_type)
-  if artifact_id is not None:
-    result.artifact_id = artifact_id
-  result.path.steps.add().key = key
-  result.path.steps.add().index = 0
-  return result
-
-
-def find_export(store: metadata_store.MetadataStore, checkpoint_id: int) -> ExportRecord | None:
+def find_export(store: Store, checkpoint_id: int) -> ExportRecord | None:
   """The newest complete export of checkpoint `checkpoint_id` whose Model is
   LIVE and whose SavedModel is on disk, or None. Read-only."""
   try:
     export_type = store.get_execution_type(EXPORT_TYPE_NAME)
   except mlmd_errors.NotFoundError:
     return None
-  events = query(lambda: store.get_events_by_artifact_ids([checkpoint_id]),
-                 what="reading the checkpoint's events")
+  events = store.get_events_by_artifact_ids([checkpoint_id])
   execution_ids = sorted({e.execution_id for e in events if e.type == _INPUT})
   if not execution_ids:
     return None
-  executions = [e for e in retry(lambda: store.get_executions_by_id(execution_ids),
-                                 what="reading executions")
+  executions = [e for e in store.get_executions_by_id(execution_ids)
                 if e.type_id == export_type.id
                 and e.last_known_state == metadata_store_pb2.Execution.COMPLETE]
   if not executions:
     return None
-  outputs = [e for e in query(lambda: store.get_events_by_execution_ids(
-      [x.id for x in executions]), what="reading export events") if e.type == _OUTPUT]
-  models = {a.id: a for a in retry(lambda: store.get_artifacts_by_id(
-      [e.artifact_id for e in outputs]), what="reading exported models")}
+  outputs = [e for e in store.get_events_by_execution_ids([x.id for x in executions])
+             if e.type == _OUTPUT]
+  models = {a.id: a for a in store.get_artifacts_by_id([e.artifact_id for e in outputs])}
   for out in sorted(outputs, key=lambda e: e.artifact_id, reverse=True):
     model = models.get(out.artifact_id)
     if model is None or model.state != _LIVE:
@@ -316,16 +262,16 @@ def find_export(store: metadata_store.MetadataStore, checkpoint_id: int) -> Expo
       continue
     return ExportRecord(model_artifact_id=model.id, execution_id=out.execution_id,
                         checkpoint_id=checkpoint_id,
-                        checkpoint_step=properties(model).get("checkpoint_step", -1),
+                        checkpoint_step=mlmd.properties(model).get("checkpoint_step", -1),
                         uri=model.uri, reused=True)
   return None
 
 
 def _record_export(store, record: CheckpointRecord, uri: str, *, fingerprint: str,
                    feature_dtypes: Mapping[str, str], module: str) -> ExportRecord:
-  model_type_id = ensure_artifact_type(store, MODEL_TYPE_NAME,
-                                       metadata_store_pb2.ArtifactType.MODEL)
-  export_type_id = ensure_execution_type(store, EXPORT_TYPE_NAME)
+  model_type_id = mlmd.ensure_artifact_type(store, MODEL_TYPE_NAME,
+                                            base_type=metadata_store_pb2.ArtifactType.MODEL)
+  export_type_id = mlmd.ensure_execution_type(store, EXPORT_TYPE_NAME)
   model = metadata_store_pb2.Artifact(type_id=model_type_id, uri=uri, state=_LIVE)
   props = model.custom_properties
   props["checkpoint_id"].int_value = record.id
@@ -346,11 +292,9 @@ def _record_export(store, record: CheckpointRecord, uri: str, *, fingerprint: st
       datetime.timezone.utc).isoformat(timespec="milliseconds")
   # The checkpoint is passed as an event only (artifact None), so this
   # transaction cannot overwrite it.
-  execution_id, artifact_ids, _ = retry(
-      lambda: store.put_execution(execution, [
-          (None, event("checkpoint", _INPUT, record.id)),
-          (model, event("model", _OUTPUT))], contexts=[]),
-      what="recording the export")
+  execution_id, artifact_ids, _ = store.put_execution(execution, [
+      (None, mlmd.input_event("checkpoint", record.id)),
+      (model, mlmd.output_event("model"))], contexts=[])
   return ExportRecord(model_artifact_id=artifact_ids[-1], execution_id=execution_id,
                       checkpoint_id=record.id, checkpoint_step=record.step, uri=uri)
 
@@ -365,12 +309,11 @@ def _tfx_version() -> str:
 # --- protection --------------------------------------------------------------
 
 
-def protect(store: metadata_store.MetadataStore, checkpoint_id: int, reason: str) -> str | None:
+def protect(store: Store, checkpoint_id: int, reason: str) -> str | None:
   """Marks the checkpoint protected with `reason`, unless it already is
   ("promoted" is never downgraded to "exported"). Returns the protection
   it had before (None: none), for `restore_protection`."""
-  [artifact] = retry(lambda: store.get_artifacts_by_id([checkpoint_id]),
-                     what="reading a checkpoint")
+  [artifact] = store.get_artifacts_by_id([checkpoint_id])
   custom = artifact.custom_properties
   before = custom["protected"].string_value if "protected" in custom else None
   if before != reason and not (before == "promoted" and reason == "exported"):
@@ -378,11 +321,10 @@ def protect(store: metadata_store.MetadataStore, checkpoint_id: int, reason: str
   return before
 
 
-def restore_protection(store: metadata_store.MetadataStore, checkpoint_id: int,
+def restore_protection(store: Store, checkpoint_id: int,
                        before: str | None) -> None:
   """Puts the checkpoint's protection back to `before` (None: removes it)."""
-  [artifact] = retry(lambda: store.get_artifacts_by_id([checkpoint_id]),
-                     what="reading a checkpoint")
+  [artifact] = store.get_artifacts_by_id([checkpoint_id])
   custom = artifact.custom_properties
   if before is None:
     if "protected" not in custom:
@@ -390,7 +332,7 @@ def restore_protection(store: metadata_store.MetadataStore, checkpoint_id: int,
     del custom["protected"]
   else:
     custom["protected"].string_value = before
-  retry(lambda: store.put_artifacts([artifact]), what="restoring a checkpoint's protection")
+  store.put_artifacts([artifact])
 
 
 # --- files -------------------------------------------------------------------
@@ -427,7 +369,7 @@ class RebuiltModel:
   module: str
 
 
-def rebuild_model(store: metadata_store.MetadataStore, record: CheckpointRecord,
+def rebuild_model(store: Store, record: CheckpointRecord,
                   training: Training | None = None) -> RebuiltModel:
   """Rebuilds the model `record`'s Trainer trained, with the recorded module,
   hyperparameters and seed, and restores the checkpoint's model weights.
@@ -469,8 +411,8 @@ def rebuild_model(store: metadata_store.MetadataStore, record: CheckpointRecord,
 
   if training.schema is not None:
     feature_dtypes, _ = read_feature_dtypes(training.schema.uri, settings)
-  elif training.model is not None and properties(training.model).get("feature_dtypes"):
-    recorded = json.loads(properties(training.model)["feature_dtypes"])
+  elif training.model is not None and mlmd.properties(training.model).get("feature_dtypes"):
+    recorded = json.loads(mlmd.properties(training.model)["feature_dtypes"])
     feature_dtypes = {k: tf.as_dtype(recorded[k]) for k in settings.feature_keys}
   else:
     raise CheckpointError(f"execution {training.execution_id} records neither its "
@@ -506,7 +448,7 @@ def rebuild_model(store: metadata_store.MetadataStore, record: CheckpointRecord,
                       fingerprint=fingerprint, module=settings.module)
 
 
-def export_checkpoint(store: metadata_store.MetadataStore, record: CheckpointRecord, *,
+def export_checkpoint(store: Store, record: CheckpointRecord, *,
                       export_root: str, reuse: bool = True) -> ExportRecord:
   """Exports checkpoint `record` as a SavedModel `Model` artifact under
   `export_root` (or returns its existing export, with `reuse`).
@@ -570,7 +512,6 @@ def export_checkpoint(store: metadata_store.MetadataStore, record: CheckpointRec
 
 __all__ = [
     "EXPORT_DIR_NAME", "EXPORT_TYPE_NAME", "ExportRecord", "RebuiltModel", "Training",
-    "check_writable_dir", "ensure_artifact_type", "ensure_execution_type", "event",
-    "export_checkpoint", "find_export", "properties", "protect", "rebuild_model",
+    "check_writable_dir", "export_checkpoint", "find_export", "protect", "rebuild_model",
     "resolve_checkpoint", "restore_protection", "training_of",
 ]

@@ -11,6 +11,7 @@ from ml_metadata.proto import metadata_store_pb2
 from ckptflow.operations import export as checkpoint_export
 from ckptflow.components.checkpoint import (CheckpointRegistry, NewCheckpoint,
                                             get_checkpoint, set_states)
+from ckptflow.base import mlmd
 from ckptflow.base.errors import CheckpointError, CkptflowError
 from ckptflow.base.metadata import open_store
 from reliability_support import mysql_database, mysql_target  # noqa: F401 (fixture)
@@ -133,17 +134,17 @@ def test_training_of_an_execution_without_settings_fails(store):
 
 
 def put_export(store, checkpoint_id, uri):
-  model_type = checkpoint_export.ensure_artifact_type(
-      store, "Model", metadata_store_pb2.ArtifactType.MODEL)
-  export_type = checkpoint_export.ensure_execution_type(store, checkpoint_export.EXPORT_TYPE_NAME)
+  model_type = mlmd.ensure_artifact_type(
+      store, "Model", base_type=metadata_store_pb2.ArtifactType.MODEL)
+  export_type = mlmd.ensure_execution_type(store, checkpoint_export.EXPORT_TYPE_NAME)
   model = metadata_store_pb2.Artifact(type_id=model_type, uri=uri,
                                       state=metadata_store_pb2.Artifact.LIVE)
   model.custom_properties["checkpoint_step"].int_value = 100
   execution = metadata_store_pb2.Execution(
       type_id=export_type, last_known_state=metadata_store_pb2.Execution.COMPLETE)
   _, ids, _ = store.put_execution(execution, [
-      (None, checkpoint_export.event("checkpoint", INPUT, checkpoint_id)),
-      (model, checkpoint_export.event("model", OUTPUT))], contexts=[])
+      (None, mlmd.input_event("checkpoint", checkpoint_id)),
+      (model, mlmd.output_event("model"))], contexts=[])
   return ids[-1]
 
 
@@ -183,7 +184,7 @@ def test_model_type_registered_by_tfx_is_reused_not_redefined(store):
                                              base_type=metadata_store_pb2.ArtifactType.MODEL)
   type_id = store.put_artifact_type(tfx_like)
 
-  assert checkpoint_export.ensure_artifact_type(store, "Model") == type_id
+  assert mlmd.ensure_artifact_type(store, "Model") == type_id
 
 
 def test_check_writable_dir_refuses_a_path_under_a_file_and_creates_nothing(tmp_path):

@@ -34,7 +34,6 @@ import logging
 import os
 from typing import Sequence
 
-from ml_metadata import metadata_store
 from ml_metadata.proto import metadata_store_pb2
 
 from ckptflow.operations import export as checkpoint_export
@@ -42,12 +41,13 @@ from ckptflow.components import promotion
 from ckptflow.operations.evaluation import (DEFAULT_BEAM_ARGS, Evaluation,
                                                       evaluate_candidate, stable_baseline)
 from ckptflow.components.checkpoint import CheckpointRecord, get_checkpoint
-from ckptflow.operations.export import ExportRecord, Training, properties
+from ckptflow.operations.export import ExportRecord, Training
 from ckptflow.components.pusher import serving
 from ckptflow.base.home import shared_lock
 from ckptflow.pipeline.config import PipelineConfig
 from ckptflow.base.errors import CheckpointError
-from ckptflow.base.metadata import query, retry
+from ckptflow.base import mlmd
+from ckptflow.base.metadata import Store
 
 PROMOTION_DIR_NAME = "CheckpointPromotion"  # evaluations, under the pipeline root
 LABELS = ("stable", "canary")
@@ -71,20 +71,17 @@ class PromotionSettings:
 def _run_executions(store, execution_id: int) -> list[metadata_store_pb2.Execution]:
   """Executions of the pipeline run that `execution_id` belongs to (newest
   first), then those of its pipeline (newest first)."""
-  contexts = query(lambda: store.get_contexts_by_execution(execution_id),
-                   what="reading the execution's contexts")
+  contexts = store.get_contexts_by_execution(execution_id)
   if not contexts:
     return []
-  type_names = {t.id: t.name for t in retry(
-      lambda: store.get_context_types_by_id(sorted({c.type_id for c in contexts})),
-      what="reading context types")}
+  type_names = {t.id: t.name for t in store.get_context_types_by_id(
+      sorted({c.type_id for c in contexts}))}
   ordered = [c for c in contexts if type_names.get(c.type_id) == "pipeline_run"] + \
             [c for c in contexts if type_names.get(c.type_id) == "pipeline"]
   seen: set[int] = set()
   found = []
   for context in ordered:
-    executions = query(lambda: store.get_executions_by_context(context.id),
-                       what="reading the run's executions")
+    executions = store.get_executions_by_context(context.id)
     for execution in sorted(executions, key=lambda e: e.id, reverse=True):
       if execution.id not in seen:
         seen.add(execution.id)
@@ -100,21 +97,20 @@ def _recorded(store, training: Training, component: str, key: str
   executions = _run_executions(store, training.execution_id)
   if not executions:
     return None
-  type_names = {t.id: t.name for t in retry(
-      lambda: store.get_execution_types_by_id(sorted({e.type_id for e in executions})),
-      what="reading execution types")}
+  type_names = {t.id: t.name for t in store.get_execution_types_by_id(
+      sorted({e.type_id for e in executions}))}
   for execution in executions:
     if execution.last_known_state != metadata_store_pb2.Execution.COMPLETE:
       continue
     if not type_names.get(execution.type_id, "").endswith("." + component):
       continue
-    value = properties(execution).get(key)
+    value = mlmd.properties(execution).get(key)
     if isinstance(value, str) and value and value != "null":
       return execution, value
   return None
 
 
-def promotion_settings(store: metadata_store.MetadataStore, training: Training, *,
+def promotion_settings(store: Store, training: Training, *,
                        home: str, config_path: str | None = None,
                        model_name: str | None = None, serving_dir: str | None = None
                        ) -> PromotionSettings:
@@ -219,7 +215,7 @@ class PromotionResult:
     return out
 
 
-def promote_checkpoint(store: metadata_store.MetadataStore, spec: str, *, home: str,
+def promote_checkpoint(store: Store, spec: str, *, home: str,
                        label: str = promotion.STABLE, force: bool = False,
                        config_path: str | None = None, model_name: str | None = None,
                        serving_dir: str | None = None,

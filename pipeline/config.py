@@ -247,7 +247,10 @@ class PipelineConfig:
 
   @property
   def metadata_target(self) -> str:
-    return self.run.metadata or self.home_layout.metadata_sqlite
+    """`[run] metadata`, else $CKPTFLOW_METADATA, else HOME/metadata.sqlite
+    (`metadata.resolve_target`; a --metadata flag overrides `run.metadata`)."""
+    from ckptflow.base import metadata
+    return metadata.resolve_target(self.run.metadata, self.home)
 
   @property
   def pipeline_root(self) -> str:

@@ -14,7 +14,7 @@ import shutil
 from typing import Iterator
 
 from ckptflow.pipeline import data_validation
-from ckptflow.base import metadata, storage
+from ckptflow.base import metadata, mlmd, storage
 from ckptflow.base.home import Home, shared_lock
 from ckptflow.pipeline.config import PipelineConfig
 from ckptflow.base.errors import CheckpointError, CkptflowError, ConfigError
@@ -212,10 +212,10 @@ def summarize(config: PipelineConfig) -> RunSummary:
   served = None
   if pushed:
     latest = pushed[-1]
-    blessed = bool(latest.custom_properties["pushed"].int_value) \
-        if "pushed" in latest.custom_properties else None
+    pushed_flag = mlmd.property_value(latest, "pushed")
+    blessed = bool(pushed_flag) if pushed_flag is not None else None
     if blessed:
-      served = latest.custom_properties["pushed_destination"].string_value
+      served = mlmd.property_value(latest, "pushed_destination") or ""
   return RunSummary(
       home=config.home, metadata=config.metadata_target,
       pipeline_root=config.pipeline_root, serving_dir=config.serving_dir,

@@ -43,8 +43,7 @@ def main() -> int:
 
   home = pathlib.Path(args.home)
   store = metadata.open_store(args.metadata)
-  execution_id = metadata.retry(lambda: start_execution(store, "test.ConcurrentTrainer"),
-                                what="recording the execution")
+  execution_id = start_execution(store, "test.ConcurrentTrainer")
   registry = CheckpointRegistry(store, execution_id)
   print(json.dumps({"event": "ready", "worker": args.worker}), flush=True)
   deadline = time.monotonic() + 300
@@ -58,8 +57,7 @@ def main() -> int:
     directory = write_checkpoint_dir(home, execution_id, step,
                                      payload=f"{args.worker}:{step}".encode())
     ids.append(register_checkpoint(registry, directory, step).id)
-  model_id = metadata.retry(lambda: put_model(store, args.saved_model),
-                            what="recording the Model")
+  model_id = put_model(store, args.saved_model)
   with shared_lock(str(home)):
     record = promotion.promote(store, saved_model_dir=args.saved_model,
                                serving_root=str(home / "serving"),

@@ -26,8 +26,7 @@ from ckptflow.base.errors import CkptflowError
 
 
 def newest(store, type_name: str):
-  artifacts = metadata.query(lambda: store.get_artifacts_by_type(type_name),
-                             what=f"listing {type_name}")
+  artifacts = store.get_artifacts_by_type(type_name)
   return max(artifacts, key=lambda a: a.id) if artifacts else None
 
 

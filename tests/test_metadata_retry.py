@@ -1,10 +1,13 @@
-"""Retries where they are safe, and idempotent registration where a retry
-may repeat a write that was in fact committed. Real stores: a SQLite file
-locked by another process, a MariaDB connection killed by the server."""
+"""Retries where they are safe, bounded in attempts and in time, in one
+place (`metadata.Store`); and idempotent registration where a retry may
+repeat a write that was in fact committed. Real stores: MLMD's real client
+on a SQLite file (failing where it sends a request), a SQLite file locked by
+another process, a MariaDB connection killed by the server."""
 
 from __future__ import annotations
 
 import logging
+import re
 import subprocess
 import sys
 import time
@@ -20,22 +23,73 @@ from reliability_support import (mysql_admin, mysql_database, mysql_target,  # n
                                  register_checkpoint, start_execution, write_checkpoint_dir)
 
 
-def test_retry_gives_up_after_a_bounded_number_of_logged_attempts(caplog):
-  calls = []
+def _fail_inner_calls(store: metadata.Store, monkeypatch, error: Exception) -> list[str]:
+  """Makes every call of the real MLMD client under `store` fail with
+  `error` where MLMD sends the request (below MLMD's own retry loop, which
+  is switched off); returns the list each attempt's method is appended to."""
+  attempts = []
 
-  def always_aborted():
-    calls.append(1)
-    raise mlmd_errors.AbortedError("transaction conflict")
+  def failing(method_name, request, response):
+    attempts.append(method_name)
+    raise error
 
-  with caplog.at_level(logging.WARNING, logger="ckptflow.base.metadata"):
-    with pytest.raises(mlmd_errors.AbortedError):
-      metadata.retry(always_aborted, what="a conflicting write", attempts=4,
-                     base_delay=0.001)
-  assert len(calls) == 4
-  warnings = [r.getMessage() for r in caplog.records]
-  assert len(warnings) == 3
-  assert all(w.startswith("a conflicting write failed (transaction conflict); retry ")
-             for w in warnings)
+  monkeypatch.setattr(store.client, "_call_method", failing)
+  return attempts
+
+
+@pytest.mark.parametrize("error", [
+    mlmd_errors.AbortedError("transaction conflict"),
+    mlmd_errors.InternalError("database is locked"),
+], ids=["aborted", "sqlite-locked"])
+def test_a_call_that_keeps_failing_is_tried_a_bounded_number_of_times_in_bounded_time(
+    tmp_path, monkeypatch, caplog, error):
+  store = metadata.open_store(str(tmp_path / "m.sqlite"))
+  type_id = store.put_artifact_type(metadata_store_pb2.ArtifactType(name="Thing"))
+  attempts = _fail_inner_calls(store, monkeypatch, error)
+  policy = metadata.CALL_POLICY
+
+  started = time.monotonic()
+  with caplog.at_level(logging.WARNING):
+    with pytest.raises(type(error)):
+      store.put_artifacts([metadata_store_pb2.Artifact(type_id=type_id, uri="/x")])
+  elapsed = time.monotonic() - started
+
+  # One attempt each time: MLMD's client does not retry ABORTED underneath.
+  assert attempts == ["PutArtifacts"] * policy.attempts == ["PutArtifacts"] * 10
+  assert policy.max_total_wait == pytest.approx(9.15)
+  assert elapsed <= policy.max_total_wait + 1.0
+  warnings = [r.getMessage() for r in caplog.records if r.name == "ckptflow.base.metadata"]
+  assert len(warnings) == policy.attempts - 1
+  first_line = str(error).splitlines()[0]
+  assert all(w.startswith(f"MLMD put_artifacts failed ({first_line}); retry ")
+             for w in warnings), warnings
+  waits = [float(re.search(r" in ([0-9.]+)s$", w).group(1)) for w in warnings]
+  assert sum(waits) <= policy.max_total_wait
+  # MLMD's client no longer reports each ABORTED as a failure of its own.
+  assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+def test_retries_stop_at_the_deadline_even_with_attempts_left(tmp_path, monkeypatch):
+  store = metadata.open_store(str(tmp_path / "m.sqlite"))
+  store = metadata.Store(store.client, metadata.RetryPolicy(
+      attempts=100, first_wait=0.2, max_wait=0.2, deadline=1.0))
+  attempts = _fail_inner_calls(store, monkeypatch,
+                               mlmd_errors.AbortedError("transaction conflict"))
+
+  started = time.monotonic()
+  with pytest.raises(mlmd_errors.AbortedError):
+    store.get_artifacts_by_type("Thing")
+  elapsed = time.monotonic() - started
+
+  assert 1 < len(attempts) < 100
+  assert elapsed < 1.5
+
+
+def test_mlmd_client_retry_is_switched_off_for_every_kind_of_target(tmp_path):
+  store = metadata.open_store(str(tmp_path / "m.sqlite"))
+  assert store.client._max_num_retries == 1  # pylint: disable=protected-access
+  for target in (str(tmp_path / "m.sqlite"), "mysql://u:p@db:3306/mlmd"):
+    assert metadata.connection_config(target).retry_options.max_num_retries == 1
 
 
 @pytest.mark.parametrize("error", [
@@ -44,30 +98,45 @@ def test_retry_gives_up_after_a_bounded_number_of_logged_attempts(caplog):
     mlmd_errors.InternalError("mysql_query failed: errno: syntax error"),
     RuntimeError("Error when executing query: file is not a database"),
 ], ids=["already-exists", "invalid-argument", "internal-other", "corrupt-file"])
-def test_errors_that_may_have_changed_the_store_or_will_not_pass_are_not_retried(error):
-  calls = []
-
-  def failing():
-    calls.append(1)
-    raise error
+def test_errors_that_may_have_changed_the_store_or_will_not_pass_are_not_retried(
+    tmp_path, monkeypatch, error):
+  store = metadata.open_store(str(tmp_path / "m.sqlite"))
+  attempts = _fail_inner_calls(store, monkeypatch, error)
 
   with pytest.raises(type(error)):
-    metadata.retry(failing, what="a write", base_delay=0.001)
-  assert len(calls) == 1
+    store.put_executions([])
+  assert len(attempts) == 1
 
 
-def test_retry_returns_once_a_retryable_error_clears():
+def test_a_call_returns_once_a_retryable_error_clears(tmp_path, monkeypatch):
+  store = metadata.open_store(str(tmp_path / "m.sqlite"))
+  real = store.client._call_method  # pylint: disable=protected-access
   outcomes = [mlmd_errors.InternalError("database is locked"),
-              mlmd_errors.AbortedError("conflict"), "ok"]
+              mlmd_errors.AbortedError("conflict")]
 
-  def flaky():
-    outcome = outcomes.pop(0)
-    if isinstance(outcome, Exception):
-      raise outcome
-    return outcome
+  def flaky(method_name, request, response):
+    if outcomes:
+      raise outcomes.pop(0)
+    return real(method_name, request, response)
 
-  assert metadata.retry(flaky, what="a read", base_delay=0.001) == "ok"
+  monkeypatch.setattr(store.client, "_call_method", flaky)
+  type_id = store.put_artifact_type(metadata_store_pb2.ArtifactType(name="Thing"))
   assert outcomes == []
+  assert [t.id for t in store.get_artifact_types()] == [type_id]
+
+
+def test_list_reads_return_empty_where_mlmd_raises_not_found_and_single_reads_raise(tmp_path):
+  store = metadata.open_store(str(tmp_path / "m.sqlite"))
+  with pytest.raises(mlmd_errors.NotFoundError):
+    store.client.get_contexts_by_execution(12345)  # MLMD itself: NotFound
+
+  assert store.get_contexts_by_execution(12345) == []
+  assert store.get_artifacts_by_external_ids(["nothing"]) == []
+  assert {"get_contexts_by_execution", "get_artifacts_by_external_ids",
+          "get_events_by_artifact_ids", "get_executions"} <= metadata.LIST_READS
+  assert "get_artifact_type" not in metadata.LIST_READS
+  with pytest.raises(mlmd_errors.NotFoundError):
+    store.get_artifact_type("Nothing")
 
 
 def test_checkpoint_registered_again_after_a_lost_reply_is_recorded_once(tmp_path):

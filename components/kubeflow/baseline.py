@@ -23,7 +23,8 @@ import dataclasses
 from ml_metadata import metadata_store
 from ml_metadata.proto import metadata_store_pb2
 
-from ckptflow.base.metadata import query
+from ckptflow.base import mlmd
+from ckptflow.base.metadata import Store
 
 BLESSING_TYPE_NAMES = ("tfx.ModelBlessing", "ModelBlessing")
 MODEL_TYPE_NAMES = ("tfx.Model", "Model")
@@ -40,38 +41,32 @@ class Baseline:
   blessing_id: int
 
 
-def _quote(value: str) -> str:
-  return "'" + value.replace("'", "''") + "'"
-
-
 def _number(value: metadata_store_pb2.Value) -> float | None:
-  kind = value.WhichOneof("value")
-  if kind in ("int_value", "double_value"):
-    return float(getattr(value, kind))
-  if kind == "string_value":
+  """A property as a number: KFP records TFX's ints as doubles, and some
+  as text."""
+  python = mlmd.python_value(value)
+  if isinstance(python, str):
     try:
-      return float(value.string_value)
+      return float(python)
     except ValueError:
       return None
-  return None
+  return float(python) if isinstance(python, (int, float)) and not isinstance(
+      python, bool) else None
 
 
-def _blessings(store: metadata_store.MetadataStore,
-               pipeline_name: str) -> list[metadata_store_pb2.Artifact]:
+def _blessings(store: Store, pipeline_name: str) -> list[metadata_store_pb2.Artifact]:
   found = []
   for type_name in BLESSING_TYPE_NAMES:
     for context_type in PIPELINE_CONTEXT_TYPES:
-      condition = (f"type = {_quote(type_name)} AND state = LIVE AND "
-                   f"contexts_a.type = {_quote(context_type)} AND "
-                   f"contexts_a.name = {_quote(pipeline_name)}")
-      found += query(lambda: store.get_artifacts(
-          list_options=metadata_store.ListOptions(filter_query=condition)),
-                     what="listing model blessings")
+      condition = (f"type = {mlmd.quote(type_name)} AND state = LIVE AND "
+                   f"contexts_a.type = {mlmd.quote(context_type)} AND "
+                   f"contexts_a.name = {mlmd.quote(pipeline_name)}")
+      found += store.get_artifacts(
+          list_options=metadata_store.ListOptions(filter_query=condition))
   return found
 
 
-def latest_blessed_model(store: metadata_store.MetadataStore,
-                         pipeline_name: str) -> Baseline | None:
+def latest_blessed_model(store: Store, pipeline_name: str) -> Baseline | None:
   """The baseline for the next evaluation in pipeline `pipeline_name`, or
   None if none of its models was blessed yet (the Evaluator then only checks
   the absolute threshold, as TFX does without a baseline)."""
@@ -84,11 +79,9 @@ def latest_blessed_model(store: metadata_store.MetadataStore,
     if "current_model_id" in custom:
       number = _number(custom["current_model_id"])
       model_id = int(number) if number is not None else None
-    models = query(lambda: store.get_artifacts_by_id([model_id]),
-                   what="reading a blessed model") if model_id is not None else []
-    types = {t.id: t.name for t in query(
-        lambda: store.get_artifact_types_by_id([m.type_id for m in models]),
-        what="reading artifact types")} if models else {}
+    models = store.get_artifacts_by_id([model_id]) if model_id is not None else []
+    types = {t.id: t.name for t in store.get_artifact_types_by_id(
+        [m.type_id for m in models])} if models else {}
     models = [m for m in models if types.get(m.type_id) in MODEL_TYPE_NAMES
               and m.state == metadata_store_pb2.Artifact.LIVE]
     if models:

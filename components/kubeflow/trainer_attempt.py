@@ -35,13 +35,15 @@ import logging
 import os
 from typing import Mapping, Sequence
 
+from ml_metadata import errors as mlmd_errors
 from ml_metadata import metadata_store
 from ml_metadata.proto import metadata_store_pb2
 
 from ckptflow.components.checkpoint import CheckpointRecord
 from ckptflow.components.trainer.registration import MlmdCheckpointSink
 from ckptflow.base.errors import CkptflowError
-from ckptflow.base.metadata import query, retry
+from ckptflow.base import mlmd
+from ckptflow.base.metadata import Store
 
 _log = logging.getLogger(__name__)
 
@@ -60,10 +62,6 @@ _FINISHED = (metadata_store_pb2.Execution.COMPLETE, metadata_store_pb2.Execution
 
 class KubeflowAttemptError(CkptflowError):
   """The Trainer cannot tell which Kubeflow run and task it belongs to."""
-
-
-def _quote(value: str) -> str:
-  return "'" + value.replace("'", "''") + "'"
 
 
 def run_identity(exec_properties: Mapping[str, object]) -> tuple[str, str]:
@@ -94,7 +92,7 @@ def run_identity(exec_properties: Mapping[str, object]) -> tuple[str, str]:
 class TrainerAttempt:
   """One run of the Trainer task, recorded as an MLMD execution."""
 
-  store: metadata_store.MetadataStore
+  store: Store
   execution_id: int
   run_id: str
   task_name: str
@@ -116,62 +114,45 @@ class TrainerAttempt:
     self._update(metadata_store_pb2.Execution.FAILED, {"state_reason": reason[:500]})
 
   def _update(self, state: int, custom: Mapping[str, object]) -> None:
-    [execution] = retry(lambda: self.store.get_executions_by_id([self.execution_id]),
-                        what="reading the Trainer's execution")
+    [execution] = self.store.get_executions_by_id([self.execution_id])
     execution.last_known_state = state
-    for key, value in custom.items():
-      if isinstance(value, int):
-        execution.custom_properties[key].int_value = value
-      else:
-        execution.custom_properties[key].string_value = str(value)
-    retry(lambda: self.store.put_executions([execution]),
-          what="updating the Trainer's execution")
+    mlmd.set_properties(execution.custom_properties, custom)
+    self.store.put_executions([execution])
 
 
-def _execution_type_id(store: metadata_store.MetadataStore) -> int:
-  return retry(lambda: store.put_execution_type(
-      metadata_store_pb2.ExecutionType(name=EXECUTION_TYPE_NAME)),
-               what="registering the Kubeflow Trainer execution type")
-
-
-def attempts_of(store: metadata_store.MetadataStore, run_id: str,
+def attempts_of(store: Store, run_id: str,
                 task_name: str) -> list[metadata_store_pb2.Execution]:
   """Every recorded attempt of `task_name` in KFP run `run_id`, oldest first."""
-  condition = (f"type = {_quote(EXECUTION_TYPE_NAME)} AND "
-               f"custom_properties.run_id.string_value = {_quote(run_id)} AND "
-               f"custom_properties.task_name.string_value = {_quote(task_name)}")
-  executions = query(lambda: store.get_executions(
-      list_options=metadata_store.ListOptions(filter_query=condition)),
-                     what="listing earlier attempts of the Trainer task")
+  condition = (f"type = {mlmd.quote(EXECUTION_TYPE_NAME)} AND "
+               f"custom_properties.run_id.string_value = {mlmd.quote(run_id)} AND "
+               f"custom_properties.task_name.string_value = {mlmd.quote(task_name)}")
+  executions = store.get_executions(
+      list_options=metadata_store.ListOptions(filter_query=condition))
   return sorted(executions, key=lambda e: e.id)
 
 
-def _run_contexts(store: metadata_store.MetadataStore,
-                  run_id: str) -> list[metadata_store_pb2.Context]:
+def _run_contexts(store: Store, run_id: str) -> list[metadata_store_pb2.Context]:
   """KFP's run context and its pipeline parent, if the store has them."""
-  run_context = query(lambda: [c for c in [store.get_context_by_type_and_name(
-      KFP_RUN_CONTEXT_TYPE, run_id)] if c is not None],
-                      what="looking up the KFP run context")
-  if not run_context:
+  try:
+    run_context = store.get_context_by_type_and_name(KFP_RUN_CONTEXT_TYPE, run_id)
+  except mlmd_errors.NotFoundError:  # no such context type in this store
+    run_context = None
+  if run_context is None:
     return []
-  parents = query(lambda: store.get_parent_contexts_by_context(run_context[0].id),
-                  what="looking up the KFP pipeline context")
-  return run_context + list(parents)
+  return [run_context] + list(store.get_parent_contexts_by_context(run_context.id))
 
 
-def _artifacts_at(store: metadata_store.MetadataStore,
-                  uris: Mapping[str, str]) -> dict[str, int]:
+def _artifacts_at(store: Store, uris: Mapping[str, str]) -> dict[str, int]:
   """input key -> id of the newest artifact recorded at that URI."""
   found = {}
   for key, uri in uris.items():
-    artifacts = query(lambda: store.get_artifacts_by_uri(uri),
-                      what="looking up the Trainer's input artifacts")
+    artifacts = store.get_artifacts_by_uri(uri)
     if artifacts:
       found[key] = max(a.id for a in artifacts)
   return found
 
 
-def start(store: metadata_store.MetadataStore, *, run_id: str, task_name: str,
+def start(store: Store, *, run_id: str, task_name: str,
           resume_key: str, input_uris: Mapping[str, str]) -> TrainerAttempt:
   """Records a new attempt (RUNNING) of `task_name` in run `run_id`.
 
@@ -180,7 +161,7 @@ def start(store: metadata_store.MetadataStore, *, run_id: str, task_name: str,
   `superseded_by`, and their checkpoints become this attempt's resume
   candidates.
   """
-  type_id = _execution_type_id(store)
+  type_id = mlmd.ensure_execution_type(store, EXECUTION_TYPE_NAME)
   earlier = attempts_of(store, run_id, task_name)
   execution = metadata_store_pb2.Execution(type_id=type_id, last_known_state=_RUNNING)
   custom = execution.custom_properties
@@ -190,17 +171,12 @@ def start(store: metadata_store.MetadataStore, *, run_id: str, task_name: str,
   custom["attempt"].int_value = len(earlier) + 1
   custom["pod_name"].string_value = os.environ.get("KFP_POD_NAME", "")
   contexts = _run_contexts(store, run_id)
-  events = []
-  for key, artifact_id in sorted(_artifacts_at(store, input_uris).items()):
-    event = metadata_store_pb2.Event(artifact_id=artifact_id,
-                                     type=metadata_store_pb2.Event.INPUT)
-    event.path.steps.add().key = key
-    events.append((None, event))
+  # KFP's event paths are [key], without TFX's index.
+  events = [(None, mlmd.input_event(key, artifact_id, index=None))
+            for key, artifact_id in sorted(_artifacts_at(store, input_uris).items())]
   # One transaction: the execution, its INPUT events and its contexts.
-  execution_id, _, _ = retry(
-      lambda: store.put_execution(execution, events, contexts,
-                                  force_reuse_context=True),
-      what="recording the Trainer's execution")
+  execution_id, _, _ = store.put_execution(execution, events, contexts,
+                                           force_reuse_context=True)
   unfinished = tuple(e.id for e in earlier if e.last_known_state not in _FINISHED)
   stale = [e for e in earlier if e.last_known_state == _RUNNING]
   for e in stale:
@@ -209,7 +185,7 @@ def start(store: metadata_store.MetadataStore, *, run_id: str, task_name: str,
     e.custom_properties["state_reason"].string_value = (
         "a later attempt of the same run and task started")
   if stale:
-    retry(lambda: store.put_executions(stale), what="closing killed Trainer attempts")
+    store.put_executions(stale)
   _log.info("Kubeflow run %s task %s: attempt %d is execution %d (resumable "
             "attempts: %s)", run_id, task_name, len(earlier) + 1, execution_id,
             list(unfinished) or "none")
@@ -222,7 +198,7 @@ class RunScopedCheckpointSink(MlmdCheckpointSink):
   """`MlmdCheckpointSink` that resumes only from the given earlier attempts
   (those of the same KFP run and task)."""
 
-  def __init__(self, store: metadata_store.MetadataStore, execution_id: int,
+  def __init__(self, store: Store, execution_id: int,
                resume_key: str, *, resumable_from: Sequence[int]):
     super().__init__(store, execution_id, resume_key)
     self._resumable_from = frozenset(resumable_from)

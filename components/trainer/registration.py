@@ -17,27 +17,23 @@ from ml_metadata.proto import metadata_store_pb2
 from ckptflow.components import checkpoint as ckpt_records
 from ckptflow.components.checkpoint import (CHECKPOINT_TYPE_NAME, CheckpointRecord,
                                             CheckpointRegistry, NewCheckpoint)
-from ckptflow.base.metadata import query
+from ckptflow.base import mlmd
+from ckptflow.base.metadata import Store
 
 _log = logging.getLogger(__name__)
 
 _FINISHED = (metadata_store_pb2.Execution.COMPLETE, metadata_store_pb2.Execution.CACHED)
 
 
-def _quote(value: str) -> str:
-  return "'" + value.replace("'", "''") + "'"
-
-
-def checkpoints_with_key(store: metadata_store.MetadataStore, resume_key: str, *,
+def checkpoints_with_key(store: Store, resume_key: str, *,
                          live_only: bool = True) -> list[CheckpointRecord]:
   """Checkpoints of the training run `resume_key`, newest step first."""
-  condition = (f"type = {_quote(CHECKPOINT_TYPE_NAME)} AND "
-           f"properties.resume_key.string_value = {_quote(resume_key)}")
+  condition = (f"type = {mlmd.quote(CHECKPOINT_TYPE_NAME)} AND "
+               f"properties.resume_key.string_value = {mlmd.quote(resume_key)}")
   if live_only:
     condition += " AND state = LIVE"
-  artifacts = query(lambda: store.get_artifacts(
-      list_options=metadata_store.ListOptions(filter_query=condition)),
-                    what="listing a run's checkpoints")
+  artifacts = store.get_artifacts(
+      list_options=metadata_store.ListOptions(filter_query=condition))
   records = [CheckpointRecord.from_artifact(a) for a in artifacts]
   return sorted(records, key=lambda r: (r.step, r.id), reverse=True)
 
@@ -45,7 +41,7 @@ def checkpoints_with_key(store: metadata_store.MetadataStore, resume_key: str, *
 class MlmdCheckpointSink:
   """Records one Trainer execution's checkpoints in MLMD."""
 
-  def __init__(self, store: metadata_store.MetadataStore, execution_id: int,
+  def __init__(self, store: Store, execution_id: int,
                resume_key: str):
     self._store = store
     self._resume_key = resume_key
@@ -61,8 +57,7 @@ class MlmdCheckpointSink:
       return []
     producers = ckpt_records.producer_execution_ids(self._store, [r.id for r in records])
     execution_ids = sorted(set(producers.values()) - {self.execution_id})
-    executions = query(lambda: self._store.get_executions_by_id(execution_ids),
-                       what="reading earlier executions") if execution_ids else []
+    executions = self._store.get_executions_by_id(execution_ids) if execution_ids else []
     unfinished = {e.id for e in executions if e.last_known_state not in _FINISHED}
     return [r for r in records if producers.get(r.id) in unfinished]
 
