@@ -21,8 +21,8 @@ import pytest
 from ml_metadata.proto import metadata_store_pb2
 
 from ckptflow.components import checkpoint as ckpt_records
-from reliability_support import (MYSQL_HOST, MYSQL_PORT, ToyHome, mlmd_counts,
-                                 mysql_admin, mysql_database, mysql_target)  # noqa: F401
+from reliability_support import (MYSQL_HOST, MYSQL_PORT, mlmd_counts, mysql_admin,
+                                 mysql_database, mysql_target)  # noqa: F401
 from support import ckptflow
 
 HEADER = "species,culmen_length_mm,culmen_depth_mm,flipper_length_mm,body_mass_g"
@@ -293,15 +293,6 @@ CASES = [
     Case("mysql-unreachable-from-environment", "no MySQL server reachable at",
          unreachable_mysql_from_environment),
 ]
-
-
-@pytest.fixture
-def toy(tmp_path):
-  home = ToyHome(tmp_path / "home")
-  home.checkpoint(100)
-  home.checkpoint(200)
-  home.promote(marker="v1")
-  return home
 
 
 def assert_fails_cleanly(result, fragment: str) -> str:
