@@ -44,6 +44,13 @@ def snapshot(*roots: pathlib.Path) -> dict[str, str]:
   return listing
 
 
+def with_tests_on_path() -> str:
+  """PYTHONPATH for a subprocess that imports the test helpers: tests/ first,
+  then the caller's own entries (which decide where `ckptflow` comes from)."""
+  return os.pathsep.join(filter(None, [str(pathlib.Path(__file__).parent),
+                                       os.environ.get("PYTHONPATH")]))
+
+
 def write_csv(directory: pathlib.Path, lines, name="data.csv", mode="w") -> pathlib.Path:
   directory.mkdir(parents=True, exist_ok=True)
   path = directory / name
@@ -359,7 +366,7 @@ def test_push_onto_a_full_file_system_fails_and_leaves_no_version_or_record(tmp_
     from reliability_support import put_model
     model_id = put_model(toy.store, str(source))
     before = mlmd_counts(toy.target)
-    env = os.environ | {"PYTHONPATH": str(pathlib.Path(__file__).parent)}
+    env = os.environ | {"PYTHONPATH": with_tests_on_path()}
     result = subprocess.run(
         [os.sys.executable, "-c", code, toy.target, str(source), str(tiny / "serving"),
          str(model_id)], capture_output=True, text=True, env=env, timeout=120)
@@ -434,7 +441,7 @@ def test_saved_model_without_serving_default_signature_is_refused_and_nothing_wr
       [os.sys.executable, str(driver), "--home", str(toy.home), "--model-id",
        str(model_id), "--saved-model", str(source)],
       capture_output=True, text=True, timeout=120,
-      env=os.environ | {"PYTHONPATH": str(driver.parent)})
+      env=os.environ | {"PYTHONPATH": with_tests_on_path()})
   last = assert_fails_cleanly(result, "has no 'serving_default' signature (it has: predict)")
   assert str(source) in last
   assert snapshot(toy.home) == before_files

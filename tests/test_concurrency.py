@@ -60,7 +60,9 @@ def saved_model(tmp_path_factory) -> str:
 
 def start_workers(target: str, home: pathlib.Path, saved_model: str,
                   start_file: pathlib.Path, tag: str) -> list[subprocess.Popen]:
-  env = os.environ | {"PYTHONPATH": str(DRIVER.parent)}
+  # tests/ for the helpers, then the caller's entries (where `ckptflow` comes from).
+  env = os.environ | {"PYTHONPATH": os.pathsep.join(
+      filter(None, [str(DRIVER.parent), os.environ.get("PYTHONPATH")]))}
   return [subprocess.Popen(
       [sys.executable, str(DRIVER), "--metadata", target, "--home", str(home),
        "--worker", f"{tag}{i}", "--checkpoints", str(CHECKPOINTS),
