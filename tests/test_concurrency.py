@@ -27,6 +27,9 @@ from ckptflow.base.metadata import open_store
 from reliability_support import mysql_database, mysql_target  # noqa: F401
 from support import ckptflow
 
+# Several real processes importing TensorFlow at once.
+pytestmark = pytest.mark.heavy
+
 WORKERS = 4
 CHECKPOINTS = 50
 DRIVER = pathlib.Path(__file__).parent / "concurrency_driver.py"
