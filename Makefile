@@ -38,9 +38,9 @@ test: install lint-imports
 lint-imports: install
 	$(BIN)/lint-imports --no-cache
 
-# Everything but the end-to-end pipeline runs.
+# Everything but the end-to-end pipeline runs and the heavy tests.
 test-fast: install
-	$(BIN)/python -m pytest -q -m "not e2e"
+	$(BIN)/python -m pytest -q -m "not e2e and not heavy"
 
 # Regenerate the golden Kubeflow spec (kubeflow/testdata/pipeline_golden.json)
 # after an intended change to the compiled pipeline; review its diff.

@@ -9,15 +9,9 @@ from ml_metadata.proto import metadata_store_pb2
 from ckptflow.components import promotion
 from ckptflow.components.pusher import serving
 from ckptflow.base.errors import MetadataError, ServingError
-from ckptflow.base.metadata import open_store
 
 INPUT = metadata_store_pb2.Event.INPUT
 OUTPUT = metadata_store_pb2.Event.OUTPUT
-
-
-@pytest.fixture
-def store(tmp_path):
-  return open_store(str(tmp_path / "m.sqlite"))
 
 
 @pytest.fixture

@@ -21,11 +21,6 @@ OUTPUT = metadata_store_pb2.Event.OUTPUT
 DELETED = metadata_store_pb2.Artifact.DELETED
 
 
-@pytest.fixture
-def store(tmp_path):
-  return open_store(str(tmp_path / "m.sqlite"))
-
-
 def put_trainer(store, **props):
   """A Trainer-like execution recording settings as TFX records exec
   properties (custom properties), with Examples and Schema inputs."""

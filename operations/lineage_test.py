@@ -14,17 +14,11 @@ from ckptflow.operations import lineage as lineage_lib
 from ckptflow.components import promotion
 from ckptflow.components.checkpoint import CheckpointRegistry, NewCheckpoint
 from ckptflow.base.errors import CkptflowError, MetadataError, ServingError
-from ckptflow.base.metadata import open_store
 
 INPUT = metadata_store_pb2.Event.INPUT
 OUTPUT = metadata_store_pb2.Event.OUTPUT
 EXAMPLES_URI = "/data/pipeline_root/CsvExampleGen/examples/1"
 SCHEMA_URI = "/data/pipeline_root/SchemaGen/schema/2"
-
-
-@pytest.fixture
-def store(tmp_path):
-  return open_store(str(tmp_path / "m.sqlite"))
 
 
 def artifact_type(store, name, **properties):

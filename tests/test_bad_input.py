@@ -21,8 +21,8 @@ import pytest
 from ml_metadata.proto import metadata_store_pb2
 
 from ckptflow.components import checkpoint as ckpt_records
-from reliability_support import (MYSQL_HOST, MYSQL_PORT, ToyHome, mlmd_counts,
-                                 mysql_admin, mysql_database, mysql_target)  # noqa: F401
+from reliability_support import (MYSQL_HOST, MYSQL_PORT, mlmd_counts, mysql_admin,
+                                 mysql_database, mysql_target)  # noqa: F401
 from support import ckptflow
 
 HEADER = "species,culmen_length_mm,culmen_depth_mm,flipper_length_mm,body_mass_g"
@@ -42,6 +42,13 @@ def snapshot(*roots: pathlib.Path) -> dict[str, str]:
       listing[str(path)] = ("dir" if path.is_dir() and not path.is_symlink()
                             else hashlib.sha256(path.read_bytes()).hexdigest())
   return listing
+
+
+def with_tests_on_path() -> str:
+  """PYTHONPATH for a subprocess that imports the test helpers: tests/ first,
+  then the caller's own entries (which decide where `ckptflow` comes from)."""
+  return os.pathsep.join(filter(None, [str(pathlib.Path(__file__).parent),
+                                       os.environ.get("PYTHONPATH")]))
 
 
 def write_csv(directory: pathlib.Path, lines, name="data.csv", mode="w") -> pathlib.Path:
@@ -295,15 +302,6 @@ CASES = [
 ]
 
 
-@pytest.fixture
-def toy(tmp_path):
-  home = ToyHome(tmp_path / "home")
-  home.checkpoint(100)
-  home.checkpoint(200)
-  home.promote(marker="v1")
-  return home
-
-
 def assert_fails_cleanly(result, fragment: str) -> str:
   assert result.returncode == 2, (result.returncode, result.stderr[-2000:])
   last = result.stderr.strip().splitlines()[-1]
@@ -368,7 +366,7 @@ def test_push_onto_a_full_file_system_fails_and_leaves_no_version_or_record(tmp_
     from reliability_support import put_model
     model_id = put_model(toy.store, str(source))
     before = mlmd_counts(toy.target)
-    env = os.environ | {"PYTHONPATH": str(pathlib.Path(__file__).parent)}
+    env = os.environ | {"PYTHONPATH": with_tests_on_path()}
     result = subprocess.run(
         [os.sys.executable, "-c", code, toy.target, str(source), str(tiny / "serving"),
          str(model_id)], capture_output=True, text=True, env=env, timeout=120)
@@ -443,7 +441,7 @@ def test_saved_model_without_serving_default_signature_is_refused_and_nothing_wr
       [os.sys.executable, str(driver), "--home", str(toy.home), "--model-id",
        str(model_id), "--saved-model", str(source)],
       capture_output=True, text=True, timeout=120,
-      env=os.environ | {"PYTHONPATH": str(driver.parent)})
+      env=os.environ | {"PYTHONPATH": with_tests_on_path()})
   last = assert_fails_cleanly(result, "has no 'serving_default' signature (it has: predict)")
   assert str(source) in last
   assert snapshot(toy.home) == before_files

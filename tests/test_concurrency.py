@@ -27,6 +27,9 @@ from ckptflow.base.metadata import open_store
 from reliability_support import mysql_database, mysql_target  # noqa: F401
 from support import ckptflow
 
+# Several real processes importing TensorFlow at once.
+pytestmark = pytest.mark.heavy
+
 WORKERS = 4
 CHECKPOINTS = 50
 DRIVER = pathlib.Path(__file__).parent / "concurrency_driver.py"
@@ -60,7 +63,9 @@ def saved_model(tmp_path_factory) -> str:
 
 def start_workers(target: str, home: pathlib.Path, saved_model: str,
                   start_file: pathlib.Path, tag: str) -> list[subprocess.Popen]:
-  env = os.environ | {"PYTHONPATH": str(DRIVER.parent)}
+  # tests/ for the helpers, then the caller's entries (where `ckptflow` comes from).
+  env = os.environ | {"PYTHONPATH": os.pathsep.join(
+      filter(None, [str(DRIVER.parent), os.environ.get("PYTHONPATH")]))}
   return [subprocess.Popen(
       [sys.executable, str(DRIVER), "--metadata", target, "--home", str(home),
        "--worker", f"{tag}{i}", "--checkpoints", str(CHECKPOINTS),

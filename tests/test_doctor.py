@@ -24,15 +24,6 @@ from support import ckptflow
 LIVE = metadata_store_pb2.Artifact.LIVE
 
 
-@pytest.fixture
-def toy(tmp_path):
-  home = ToyHome(tmp_path / "home")
-  home.checkpoint(100)
-  home.checkpoint(200)
-  home.promote(marker="v1")
-  return home
-
-
 def kinds(findings):
   return sorted(f.kind for f in findings)
 

@@ -29,7 +29,7 @@ from ckptflow.components.pusher import serving
 from ckptflow.base.metadata import open_store
 from support import ckptflow
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.heavy]  # kills real runs at fault points
 
 KILLED = -signal.SIGKILL
 EVERY = 20

@@ -11,7 +11,7 @@ from ckptflow.components import checkpoint as ckpt
 from ckptflow.base import metadata
 from support import ckptflow
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.heavy]  # kills a real run and resumes it
 
 
 def test_killed_run_resumes_from_its_last_registered_checkpoint(tmp_path, penguins_dir):

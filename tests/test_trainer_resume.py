@@ -24,6 +24,9 @@ from ckptflow.components.trainer import checkpoint_files
 from ckptflow.base import metadata
 from support import DRIVER
 
+# Real training processes, killed and resumed: minutes, not seconds.
+pytestmark = pytest.mark.heavy
+
 STEPS = 120
 EVERY = 20
 

@@ -17,10 +17,10 @@ from ckptflow.components.trainer.contract import TrainingSpec  # noqa: E402
 from ckptflow.components.trainer.executor import TrainerSettings, pick_warm_start  # noqa: E402
 from ckptflow.components.trainer.loop import LoopSettings, TrainingLoop  # noqa: E402
 from ckptflow.components.trainer.registration import MlmdCheckpointSink  # noqa: E402
-from ckptflow.base import metadata  # noqa: E402
 from ckptflow.pipeline import model  # noqa: E402
 from ckptflow.base.errors import CheckpointError  # noqa: E402
-from support import finish_execution, start_execution  # noqa: E402
+from reliability_support import start_execution  # noqa: E402
+from support import finish_execution  # noqa: E402
 
 FEATURES = ("a", "b", "c")
 
@@ -64,11 +64,6 @@ class Run:
     values["rng"] = self.rng.state.numpy()
     values["step"] = self.loop.state.step.numpy()
     return values
-
-
-@pytest.fixture
-def store(tmp_path):
-  return metadata.open_store(str(tmp_path / "m.sqlite"))
 
 
 def test_two_optimizers_and_two_extra_variables_restore_bit_for_bit(store, tmp_path):

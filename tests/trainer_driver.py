@@ -35,7 +35,8 @@ from ckptflow.base import metadata  # noqa: E402
 from ckptflow.pipeline import model  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from support import finish_execution, start_execution  # noqa: E402
+from reliability_support import start_execution  # noqa: E402
+from support import finish_execution  # noqa: E402
 
 FEATURES = ("culmen_length_mm", "culmen_depth_mm", "flipper_length_mm", "body_mass_g")
 

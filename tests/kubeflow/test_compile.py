@@ -19,6 +19,8 @@ from support import ckptflow
 from ckptflow.kubeflow import golden
 from ckptflow.kubeflow import spec as spec_lib
 
+# Compiling imports TFX (5-10 s each time): those tests are marked heavy. The
+# refusals below fail before that import.
 TASKS = ["CheckpointingTrainer", "CsvExampleGen", "Evaluator", "ExampleValidator",
          "Pusher", "SchemaGen", "StatisticsGen"]
 
@@ -35,6 +37,7 @@ def compiled(tmp_path_factory, penguins_dir):
   return out, result
 
 
+@pytest.mark.heavy
 def test_compiled_spec_matches_the_golden_file_modulo_versions_and_image():
   expected = open(golden.GOLDEN_PATH, encoding="utf-8").read()
   actual = golden.render()
@@ -45,6 +48,7 @@ def test_compiled_spec_matches_the_golden_file_modulo_versions_and_image():
                 "if the change is intended, run `make golden` and review the diff:\n" + diff)
 
 
+@pytest.mark.heavy
 def test_compile_writes_json_and_yaml_that_parse_strictly_into_the_same_pipelinespec(compiled):
   out, result = compiled
   assert "compiled 7 tasks for kubeflow" in result.stdout
@@ -55,6 +59,7 @@ def test_compile_writes_json_and_yaml_that_parse_strictly_into_the_same_pipeline
   assert from_json.spec.schema_version == "2.1.0"
 
 
+@pytest.mark.heavy
 def test_open_source_target_has_no_resolver_and_looks_up_its_baseline(compiled):
   out, _ = compiled
   job = json.loads((out / "pipeline.json").read_text())
@@ -67,6 +72,7 @@ def test_open_source_target_has_no_resolver_and_looks_up_its_baseline(compiled):
       "ckptflow.components.kubeflow.components.KubeflowEvaluatorExecutor")
 
 
+@pytest.mark.heavy
 def test_trainer_task_gets_the_kfp_run_id_a_retry_policy_and_declares_its_checkpoints(
     compiled):
   out, _ = compiled
@@ -86,6 +92,7 @@ def test_trainer_task_gets_the_kfp_run_id_a_retry_policy_and_declares_its_checkp
                                   "tfx.orchestration.kubeflow.v2.container.kubeflow_v2_run_executor"]
 
 
+@pytest.mark.heavy
 def test_metadata_store_given_at_compile_time_is_set_in_every_task_environment(compiled):
   out, _ = compiled
   executors = json.loads((out / "pipeline.json").read_text())[
@@ -94,6 +101,7 @@ def test_metadata_store_given_at_compile_time_is_set_in_every_task_environment(c
       [{"name": "CKPTFLOW_METADATA", "value": "grpc://metadata-grpc-service.kubeflow:8080"}])}
 
 
+@pytest.mark.heavy
 def test_data_location_is_a_runtime_parameter_and_no_pipeline_root_is_baked_in(
     compiled, penguins_dir):
   out, _ = compiled
@@ -107,6 +115,7 @@ def test_data_location_is_a_runtime_parameter_and_no_pipeline_root_is_baked_in(
   assert str(out / "home" / "pipeline_root") not in (out / "pipeline.json").read_text()
 
 
+@pytest.mark.heavy
 def test_local_pipeline_keeps_its_resolver_and_plain_components(penguins_dir):
   from ckptflow.components.trainer.component import CheckpointingTrainer
   from ckptflow.pipeline.config import PipelineConfig
@@ -123,6 +132,7 @@ def test_local_pipeline_keeps_its_resolver_and_plain_components(penguins_dir):
   assert type(by_id["Evaluator"]).__module__ == "tfx.components.evaluator.component"
 
 
+@pytest.mark.heavy
 def test_vertex_target_keeps_the_resolver_nodes(penguins_dir):
   from ckptflow.pipeline.config import PipelineConfig
   from ckptflow.kubeflow.compile import build_job

@@ -27,7 +27,7 @@ from support import ckptflow
 from ckptflow.operations import lineage as lineage_lib
 from ckptflow.base import metadata
 
-pytestmark = [pytest.mark.e2e, pytest.mark.mysql]
+pytestmark = [pytest.mark.e2e, pytest.mark.mysql, pytest.mark.heavy]  # launcher runs
 
 # Long enough that a kill lands mid-training (about 100 steps/s here), short
 # enough to keep the run to minutes: 10 checkpoints.

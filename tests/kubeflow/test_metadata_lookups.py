@@ -15,11 +15,6 @@ RESUME_KEY = "k" * 64
 TASK = "CheckpointingTrainer"
 
 
-@pytest.fixture
-def store(tmp_path):
-  return metadata.open_store(str(tmp_path / "metadata.sqlite"))
-
-
 def _register(sink, step: int) -> int:
   record = sink.register(NewCheckpoint(
       uri=f"/ckpt/{sink.execution_id}/step-{step}", step=step, epoch=0,

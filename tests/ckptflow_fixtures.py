@@ -1,0 +1,73 @@
+"""The fixtures every test directory shares, in one place.
+
+Loaded as a pytest plugin (`-p ckptflow_fixtures` in pyproject.toml's
+addopts; tests/ is on pytest's pythonpath), so tests under tests/ and the
+unit tests beside the code (components/**/*_test.py, operations/*_test.py,
+...) see the same fixtures. A conftest.py would reach only its own
+directory, and one at the repository root would be a module of the
+`ckptflow` package, which the layers contract covers.
+
+Fixtures: the real datasets, one end-to-end pipeline run that every test
+needing a finished run shares (a run costs about a minute), a fresh MLMD
+SQLite store, and a toy home with checkpoints and a served version. Helpers are imported inside the fixtures, so loading the
+plugin imports neither ckptflow nor MLMD.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+
+import pytest
+
+# Before anything imports TensorFlow: TFX 1.16 and TFMA 0.47 expect Keras 2.
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+
+from support import E2E_EVERY, E2E_STEPS, PENGUINS, ckptflow  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def penguins_dir() -> pathlib.Path:
+  if not (PENGUINS / "penguins_processed.csv").is_file():
+    pytest.fail(f"penguins data not found at {PENGUINS}; set CKPTFLOW_PENGUINS")
+  return PENGUINS
+
+
+@pytest.fixture(scope="session")
+def e2e_home(tmp_path_factory, penguins_dir) -> pathlib.Path:
+  """A home after one full `ckptflow run` on the penguins data.
+
+  Shared by every test that requests it: a test that changes the home must
+  leave what the others assert true (or work on a home of its own)."""
+  home = tmp_path_factory.mktemp("e2e") / "home"
+  result = ckptflow("run", "--home", str(home), "--data", str(penguins_dir),
+                    "--train-steps", str(E2E_STEPS), "--checkpoint-every", str(E2E_EVERY),
+                    "--model-name", "penguin")
+  (home / "run1.stdout").write_text(result.stdout)
+  return home
+
+
+@pytest.fixture
+def store_target(tmp_path) -> str:
+  """The metadata target of `store`: a SQLite file in the test's tmp dir
+  (what CKPTFLOW_METADATA names for an executor under test)."""
+  return str(tmp_path / "m.sqlite")
+
+
+@pytest.fixture
+def store(store_target):
+  """A real MLMD store on a fresh, empty SQLite file."""
+  from ckptflow.base.metadata import open_store
+  return open_store(store_target)
+
+
+@pytest.fixture
+def toy(tmp_path):
+  """A home with a SQLite store, two registered checkpoints (steps 100 and
+  200) and one served version ("penguin" 1, labelled stable)."""
+  from reliability_support import ToyHome
+  home = ToyHome(tmp_path / "home")
+  home.checkpoint(100)
+  home.checkpoint(200)
+  home.promote(marker="v1")
+  return home
