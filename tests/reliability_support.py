@@ -30,6 +30,7 @@ MYSQL_PORT = int(os.environ.get("CKPTFLOW_TEST_MYSQL_PORT", "3306"))
 
 
 def start_execution(store, type_name: str = "test.Trainer") -> int:
+  """Records a RUNNING execution, as a runner does before an executor runs."""
   type_id = store.put_execution_type(metadata_store_pb2.ExecutionType(name=type_name))
   [execution_id] = store.put_executions([metadata_store_pb2.Execution(
       type_id=type_id, last_known_state=metadata_store_pb2.Execution.RUNNING)])

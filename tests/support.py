@@ -30,15 +30,6 @@ def ckptflow(*args: str, env: dict | None = None, check: bool = True,
 DRIVER = REPO / "tests" / "trainer_driver.py"
 
 
-def start_execution(store, type_name: str = "test.TrainerRun") -> int:
-  """Records a RUNNING execution, as a runner does before an executor runs."""
-  from ml_metadata.proto import metadata_store_pb2
-  type_id = store.put_execution_type(metadata_store_pb2.ExecutionType(name=type_name))
-  [execution_id] = store.put_executions([metadata_store_pb2.Execution(
-      type_id=type_id, last_known_state=metadata_store_pb2.Execution.RUNNING)])
-  return execution_id
-
-
 def finish_execution(store, execution_id: int, state: int) -> None:
   [execution] = store.get_executions_by_id([execution_id])
   execution.last_known_state = state
