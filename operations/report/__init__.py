@@ -23,11 +23,11 @@ Metadata and the files it points to, and writes into `out_dir`:
 Guarantees: read-only on MLMD and on the home. Each file is written under a
 temporary name and renamed into place, `index.html` last, so a reader never
 sees a partial file nor an index that points at a missing one. A missing
-`dot` or unreadable event files degrade the report (said in the
+`dot` or unreadable or damaged event files degrade the report (said in the
 page), they do not fail it.
 
 One job per module: `collect` (MLMD and the home -> plain dataclasses),
-`events` (TensorBoard event files), `plots`
+`events` (TFRecord and TensorBoard event files, CRC-checked), `plots`
 (matplotlib), `html` (the page, a jinja2 template in `templates/`) and
 `write` (publishing the files). Imports neither TensorFlow nor TFX.
 """
@@ -37,12 +37,12 @@ from __future__ import annotations
 from ckptflow.operations.report.collect import (CATEGORIES, CATEGORY_MEANING,
                                                 MarkedCheckpoint, ReportData,
                                                 TrainingRun, collect)
-from ckptflow.operations.report.events import read_event_scalars
+from ckptflow.operations.report.events import TFRecordError, read_event_scalars
 from ckptflow.operations.report.html import INDEX_HTML, METRICS_PNG, SERVED_PNG, render_html
 from ckptflow.operations.report.plots import draw_metrics, draw_served
 from ckptflow.operations.report.write import write_report
 
 __all__ = ["CATEGORIES", "CATEGORY_MEANING", "INDEX_HTML", "METRICS_PNG", "MarkedCheckpoint",
-           "ReportData", "SERVED_PNG", "TrainingRun", "collect",
+           "ReportData", "SERVED_PNG", "TFRecordError", "TrainingRun", "collect",
            "draw_metrics", "draw_served", "read_event_scalars", "render_html",
            "write_report"]

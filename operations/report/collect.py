@@ -166,7 +166,7 @@ def collect(store: metadata_store.MetadataStore, serving_root: str) -> ReportDat
         continue
       try:
         scalars, files = read_event_scalars(directory)
-      except (OSError, ValueError) as e:
+      except (OSError, ValueError, CkptflowError) as e:  # a damaged file is noted
         run.event_file_problems.append(str(e))
         continue
       run.event_files += files

@@ -1,9 +1,13 @@
 """TensorBoard event files, read without TensorFlow.
 
-`tfrecords(path)` yields the records of a TFRecord file;
-`read_event_scalars(directory)` reads the scalar summaries of the event
-files in a directory with TensorBoard's protobuf classes. Imports neither
-TensorFlow nor TFX.
+`tfrecords(path)` yields the records of a TFRecord file, checking both of
+each record's masked CRC32C values (TFRecord format: a little-endian uint64
+length, the masked CRC32C of those 8 bytes, the data, the masked CRC32C of
+the data). `read_event_scalars(directory)` reads the scalar summaries of
+the event files in a directory with TensorBoard's protobuf classes.
+
+Imports neither TensorFlow nor TFX: CRC32C comes from `google_crc32c` (a C
+extension, in the lock through the Google Cloud clients).
 """
 
 from __future__ import annotations
@@ -13,20 +17,67 @@ import os
 import struct
 from typing import Iterator
 
+import google_crc32c
+
+from ckptflow.base.errors import CkptflowError
+
+_HEADER_BYTES = 12  # uint64 length + uint32 masked CRC of the length
+_FOOTER_BYTES = 4  # uint32 masked CRC of the data
+_MASK_DELTA = 0xA282EAD8
+
+
+class TFRecordError(CkptflowError):
+  """A TFRecord file has a record whose CRC does not match: it is damaged."""
+
+
+def masked_crc32c(data: bytes) -> int:
+  """TFRecord's masked CRC32C of `data`: the CRC rotated right by 15 bits
+  plus a constant, modulo 2**32."""
+  crc = google_crc32c.value(data)
+  return (((crc >> 15) | (crc << 17)) + _MASK_DELTA) & 0xFFFFFFFF
+
 
 def tfrecords(path: str) -> Iterator[bytes]:
-  """The records of a TFRecord file (length, crc, data, crc). A truncated
-  last record (a writer still open, or killed) ends the file."""
+  """The records of the TFRecord file at `path`, in order.
+
+  A truncated last record (a writer still open, or killed) ends the file
+  without error. A record whose length or data does not match its CRC
+  raises, so no garbage is ever yielded.
+
+  Raises:
+    OSError: the file cannot be read.
+    TFRecordError: a record is damaged (one line naming the file, the
+      record and its byte offset).
+  """
   with open(path, "rb") as f:
+    index = 0
     while True:
-      header = f.read(12)
-      if len(header) < 12:
+      offset = f.tell()
+      header = f.read(_HEADER_BYTES)
+      if len(header) < _HEADER_BYTES:
         return
-      (length,) = struct.unpack("<Q", header[:8])
+      length_bytes = header[:8]
+      (length_crc,) = struct.unpack("<I", header[8:])
+      # Checked before the length is used: a damaged length must not make
+      # the reader skip, or read, an arbitrary number of bytes.
+      if masked_crc32c(length_bytes) != length_crc:
+        raise _damaged(path, index, offset, "length")
+      (length,) = struct.unpack("<Q", length_bytes)
       data = f.read(length)
-      if len(data) < length or len(f.read(4)) < 4:
+      footer = f.read(_FOOTER_BYTES)
+      if len(data) < length or len(footer) < _FOOTER_BYTES:
         return
+      (data_crc,) = struct.unpack("<I", footer)
+      if masked_crc32c(data) != data_crc:
+        raise _damaged(path, index, offset, "data")
       yield data
+      index += 1
+
+
+def _damaged(path: str, index: int, offset: int, part: str) -> TFRecordError:
+  return TFRecordError(f"TFRecord file {path!r} is damaged: record {index} (at byte "
+                       f"{offset}) fails its {part} CRC32C check. Expected every record "
+                       "to match its masked CRC32C")
 
 
 def _scalar_value(value) -> float | None:
@@ -56,6 +107,7 @@ def read_event_scalars(directory: str) -> tuple[dict[str, list[tuple[int, float]
   Raises:
     OSError: a file cannot be read.
     ValueError: a file is not an event file.
+    TFRecordError: a file is damaged.
   """
   from google.protobuf.message import DecodeError
   from tensorboard.compat.proto import event_pb2
