@@ -384,28 +384,6 @@ class Store:
     return call
 
 
-def retry(operation: Callable[[], _T], *, what: str = "", **_: Any) -> _T:
-  """Deprecated: runs `operation` once. `Store` retries every call itself;
-  `retry(lambda: X, ...)` at a call site is just `X`. Kept only until the
-  last callers (kubeflow/launcher.py, operations/lineage.py,
-  operations/report.py) drop it; do not add new uses."""
-  del what
-  return operation()
-
-
-def query(operation: Callable[[], list], *, what: str = "") -> list:
-  """Deprecated: runs `operation` once, NotFound as []. `Store` retries every
-  call and its list reads already return [] for NotFound;
-  `query(lambda: X, ...)` at a call site is just `X`. Kept only until the
-  last callers (kubeflow/launcher.py, operations/lineage.py,
-  operations/report.py) drop it; do not add new uses."""
-  del what
-  try:
-    return operation()
-  except mlmd_errors.NotFoundError:
-    return []
-
-
 # What KFP sets in every task's pod (from its metadata-grpc-configmap).
 KFP_METADATA_HOST_ENV = "METADATA_GRPC_SERVICE_HOST"
 KFP_METADATA_PORT_ENV = "METADATA_GRPC_SERVICE_PORT"

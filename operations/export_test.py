@@ -14,7 +14,7 @@ from ckptflow.components.checkpoint import (CheckpointRegistry, NewCheckpoint,
 from ckptflow.base import mlmd
 from ckptflow.base.errors import CheckpointError, CkptflowError
 from ckptflow.base.metadata import open_store
-from reliability_support import mysql_database, mysql_target  # noqa: F401 (fixture)
+from reliability_support import mysql_target
 
 INPUT = metadata_store_pb2.Event.INPUT
 OUTPUT = metadata_store_pb2.Event.OUTPUT

@@ -15,6 +15,7 @@ This module imports neither TensorFlow nor TFX.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import json
 import shutil
@@ -27,7 +28,6 @@ from ml_metadata.proto import metadata_store_pb2
 from ckptflow.components import promotion
 from ckptflow.components.pusher import serving
 from ckptflow.base.errors import CkptflowError, MetadataError
-from ckptflow.base.metadata import retry
 
 DEFAULT_MAX_NODES = 500
 
@@ -142,6 +142,38 @@ def _properties(node) -> dict[str, Any]:
   return dict(sorted(merged.items()))
 
 
+def _node(kind: str, record, type_name: str) -> LineageNode:
+  """The LineageNode of an MLMD Artifact (kind ARTIFACT) or Execution."""
+  if kind == ARTIFACT:
+    state = metadata_store_pb2.Artifact.State.Name(record.state)
+    return LineageNode(kind=ARTIFACT, id=record.id, type_name=type_name, state=state,
+                       uri=record.uri, properties=_properties(record))
+  state = metadata_store_pb2.Execution.State.Name(record.last_known_state)
+  return LineageNode(kind=EXECUTION, id=record.id, type_name=type_name, state=state,
+                     properties=_properties(record))
+
+
+class _TypeNames:
+  """Artifact and execution type names by type id, read from MLMD once per
+  type id."""
+
+  def __init__(self, store: metadata_store.MetadataStore):
+    self._store = store
+    self._names: dict[tuple[str, int], str] = {}
+
+  def of(self, kind: str, records) -> dict[int, str]:
+    """type id -> type name for every record of `kind` in `records` ("?" for
+    a type MLMD no longer has)."""
+    type_ids = {r.type_id for r in records}
+    missing = sorted(t for t in type_ids if (kind, t) not in self._names)
+    if missing:
+      types = (self._store.get_artifact_types_by_id(missing) if kind == ARTIFACT
+               else self._store.get_execution_types_by_id(missing))
+      for found in types:
+        self._names[(kind, found.id)] = found.name
+    return {t: self._names.get((kind, t), "?") for t in type_ids}
+
+
 def _resolve_target(store, target) -> tuple[int, str]:
   """(root artifact id, canonical target text)."""
   if isinstance(target, int) and not isinstance(target, bool):
@@ -162,6 +194,47 @@ def _resolve_target(store, target) -> tuple[int, str]:
                       "artifact id")
 
 
+def _key(kind: str, node_id: int) -> str:
+  """A node's key in a LineageGraph: "artifact:12", "execution:7"."""
+  return f"{kind}:{node_id}"
+
+
+def _neighbour_id(event: metadata_store_pb2.Event, kind: str) -> int:
+  """The id of the `kind` end of `event`."""
+  return event.execution_id if kind == EXECUTION else event.artifact_id
+
+
+def _records(store: metadata_store.MetadataStore, kind: str, ids: list[int]) -> list:
+  """The MLMD Artifacts or Executions with these ids."""
+  if not ids:
+    return []
+  if kind == ARTIFACT:
+    return store.get_artifacts_by_id(ids)
+  return store.get_executions_by_id(ids)
+
+
+def _upstream_events(store: metadata_store.MetadataStore, kind: str,
+                     ids: list[int]) -> list[metadata_store_pb2.Event]:
+  """The events that lead upstream from the nodes `ids` of `kind`: the
+  OUTPUT events that wrote these artifacts, or the INPUT events these
+  executions read."""
+  if kind == ARTIFACT:
+    events = store.get_events_by_artifact_ids(ids)
+    return [e for e in events if e.type == metadata_store_pb2.Event.OUTPUT]
+  events = store.get_events_by_execution_ids(ids)
+  return [e for e in events if e.type == metadata_store_pb2.Event.INPUT]
+
+
+def _edge(event: metadata_store_pb2.Event) -> LineageEdge:
+  """`event` as an edge in data-flow direction."""
+  artifact = _key(ARTIFACT, event.artifact_id)
+  execution = _key(EXECUTION, event.execution_id)
+  name = _EVENT_NAMES[event.type]
+  if event.type == metadata_store_pb2.Event.OUTPUT:
+    return LineageEdge(source=execution, target=artifact, event_type=name)
+  return LineageEdge(source=artifact, target=execution, event_type=name)
+
+
 def lineage(store: metadata_store.MetadataStore, target: str | int, *,
             max_nodes: int = DEFAULT_MAX_NODES) -> LineageGraph:
   """The upstream lineage of `target`: `MODEL:VERSION` (a served version) or
@@ -177,91 +250,50 @@ def lineage(store: metadata_store.MetadataStore, target: str | int, *,
   if max_nodes < 1:
     raise CkptflowError(f"max_nodes is {max_nodes}. Expected at least 1")
   root_id, target_text = _resolve_target(store, target)
-  [root] = retry(lambda: store.get_artifacts_by_id([root_id]),
-                 what="reading the lineage target") or [None]
+  [root] = store.get_artifacts_by_id([root_id]) or [None]
   if root is None:
     raise MetadataError(f"no artifact with id {root_id} in the metadata store. "
                         "Expected an artifact id or MODEL:VERSION")
 
-  artifact_types: dict[int, str] = {}
-  execution_types: dict[int, str] = {}
-  nodes: dict[str, LineageNode] = {}
-  edges: dict[tuple[str, str, str], LineageEdge] = {}
+  type_names = _TypeNames(store)
+  root_type = type_names.of(ARTIFACT, [root])[root.type_id]
+  # The visited set, in visit order (breadth-first from the root).
+  nodes: dict[str, LineageNode] = {_key(ARTIFACT, root.id): _node(ARTIFACT, root, root_type)}
+  edges: dict[LineageEdge, None] = {}  # an ordered set
   truncated = False
-
-  def type_names(cache, type_ids, getter):
-    missing = sorted(set(type_ids) - set(cache))
-    if missing:
-      for t in retry(lambda: getter(missing), what="reading types"):
-        cache[t.id] = t.name
-    return cache
-
-  def add_artifacts(artifacts) -> list[int]:
-    nonlocal truncated
-    type_names(artifact_types, [a.type_id for a in artifacts],
-               store.get_artifact_types_by_id)
-    added = []
-    for a in sorted(artifacts, key=lambda a: a.id):
+  # Each entry is one level of the walk: visited nodes of one kind whose
+  # upstream neighbours are still to be read. Levels alternate between
+  # artifacts and executions; reading a level's events in one MLMD call keeps
+  # the walk at a few calls per level however wide the graph is.
+  queue: collections.deque[tuple[str, list[int]]] = collections.deque()
+  queue.append((ARTIFACT, [root.id]))
+  while queue:
+    kind, ids = queue.popleft()
+    events = _upstream_events(store, kind, ids)
+    upstream = EXECUTION if kind == ARTIFACT else ARTIFACT
+    new_ids = sorted({i for i in (_neighbour_id(e, upstream) for e in events)
+                      if _key(upstream, i) not in nodes})
+    records = _records(store, upstream, new_ids)
+    names = type_names.of(upstream, records)
+    visited_now = []
+    for record in sorted(records, key=lambda r: r.id):
       if len(nodes) >= max_nodes:
         truncated = True
         break
-      nodes[f"{ARTIFACT}:{a.id}"] = LineageNode(
-          kind=ARTIFACT, id=a.id, type_name=artifact_types.get(a.type_id, "?"),
-          state=metadata_store_pb2.Artifact.State.Name(a.state), uri=a.uri,
-          properties=_properties(a))
-      added.append(a.id)
-    return added
+      nodes[_key(upstream, record.id)] = _node(upstream, record, names[record.type_id])
+      visited_now.append(record.id)
+    # An edge needs both of its ends in the graph: after a truncation, events
+    # to nodes left out are dropped.
+    for event in events:
+      edge = _edge(event)
+      if edge.source in nodes and edge.target in nodes:
+        edges.setdefault(edge)
+    if visited_now:
+      queue.append((upstream, visited_now))
 
-  def add_executions(executions) -> list[int]:
-    nonlocal truncated
-    type_names(execution_types, [e.type_id for e in executions],
-               store.get_execution_types_by_id)
-    added = []
-    for e in sorted(executions, key=lambda e: e.id):
-      if len(nodes) >= max_nodes:
-        truncated = True
-        break
-      nodes[f"{EXECUTION}:{e.id}"] = LineageNode(
-          kind=EXECUTION, id=e.id, type_name=execution_types.get(e.type_id, "?"),
-          state=metadata_store_pb2.Execution.State.Name(e.last_known_state),
-          properties=_properties(e))
-      added.append(e.id)
-    return added
-
-  def add_edge(source: str, target_key: str, event_type: int) -> None:
-    if source in nodes and target_key in nodes:
-      name = _EVENT_NAMES[event_type]
-      edges.setdefault((source, target_key, name),
-                       LineageEdge(source=source, target=target_key, event_type=name))
-
-  frontier = add_artifacts([root])
-  while frontier:
-    events = retry(lambda: store.get_events_by_artifact_ids(frontier),
-                   what="reading artifact events")
-    outputs = [e for e in events if e.type == metadata_store_pb2.Event.OUTPUT]
-    new_ids = sorted({e.execution_id for e in outputs}
-                     - {n.id for n in nodes.values() if n.kind == EXECUTION})
-    new_executions = retry(lambda: store.get_executions_by_id(new_ids),
-                           what="reading executions") if new_ids else []
-    added_executions = add_executions(new_executions)
-    for e in outputs:
-      add_edge(f"{EXECUTION}:{e.execution_id}", f"{ARTIFACT}:{e.artifact_id}", e.type)
-    if not added_executions:
-      break
-    events = retry(lambda: store.get_events_by_execution_ids(added_executions),
-                   what="reading execution events")
-    inputs = [e for e in events if e.type == metadata_store_pb2.Event.INPUT]
-    new_ids = sorted({e.artifact_id for e in inputs}
-                     - {n.id for n in nodes.values() if n.kind == ARTIFACT})
-    new_artifacts = retry(lambda: store.get_artifacts_by_id(new_ids),
-                          what="reading artifacts") if new_ids else []
-    frontier = add_artifacts(new_artifacts)
-    for e in inputs:
-      add_edge(f"{ARTIFACT}:{e.artifact_id}", f"{EXECUTION}:{e.execution_id}", e.type)
-
-  return LineageGraph(target=target_text, root=f"{ARTIFACT}:{root_id}",
-                      nodes=nodes, edges=tuple(edges.values()),
-                      truncated=truncated, max_nodes=max_nodes)
+  return LineageGraph(target=target_text, root=_key(ARTIFACT, root_id),
+                      nodes=nodes, edges=tuple(edges), truncated=truncated,
+                      max_nodes=max_nodes)
 
 
 # --- rendering ---------------------------------------------------------------

@@ -9,7 +9,7 @@ directory, and one at the repository root would be a module of the
 
 Fixtures: the real datasets, one end-to-end pipeline run that every test
 needing a finished run shares (a run costs about a minute), a fresh MLMD
-SQLite store, and a toy home with checkpoints and a served version. Helpers are imported inside the fixtures, so loading the
+SQLite store, a fresh MariaDB database, and a toy home with checkpoints and a served version. Helpers are imported inside the fixtures, so loading the
 plugin imports neither ckptflow nor MLMD.
 """
 
@@ -71,3 +71,26 @@ def toy(tmp_path):
   home.checkpoint(200)
   home.promote(marker="v1")
   return home
+
+
+@pytest.fixture
+def mysql_database():
+  """A fresh, empty database on the MariaDB server; dropped afterwards.
+
+  Skipped when the server is unreachable, unless CKPTFLOW_REQUIRE_MYSQL is
+  set (CI sets it), in which case the test fails.
+  """
+  import uuid
+
+  from reliability_support import MYSQL_HOST, MYSQL_PORT, mysql_admin, mysql_reachable
+  if not mysql_reachable():
+    if os.environ.get("CKPTFLOW_REQUIRE_MYSQL"):
+      pytest.fail(f"MariaDB at {MYSQL_HOST}:{MYSQL_PORT} is unreachable and "
+                  "CKPTFLOW_REQUIRE_MYSQL is set")
+    pytest.skip(f"MariaDB at {MYSQL_HOST}:{MYSQL_PORT} is unreachable")
+  name = f"ckptflow_test_{uuid.uuid4().hex[:12]}"
+  mysql_admin(f"CREATE DATABASE `{name}`")
+  try:
+    yield name
+  finally:
+    mysql_admin(f"DROP DATABASE IF EXISTS `{name}`", check=False)

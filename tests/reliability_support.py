@@ -14,8 +14,6 @@ import shutil
 import subprocess
 import uuid
 
-import pytest
-
 from ml_metadata.proto import metadata_store_pb2
 
 from ckptflow.components import promotion
@@ -150,23 +148,3 @@ def mysql_reachable() -> bool:
 
 def mysql_target(database: str) -> str:
   return f"mysql://root@{MYSQL_HOST}:{MYSQL_PORT}/{database}"
-
-
-@pytest.fixture
-def mysql_database():
-  """A fresh, empty database on the MariaDB server; dropped afterwards.
-
-  Skipped when the server is unreachable, unless CKPTFLOW_REQUIRE_MYSQL is
-  set (CI sets it), in which case the test fails.
-  """
-  if not mysql_reachable():
-    if os.environ.get("CKPTFLOW_REQUIRE_MYSQL"):
-      pytest.fail(f"MariaDB at {MYSQL_HOST}:{MYSQL_PORT} is unreachable and "
-                  "CKPTFLOW_REQUIRE_MYSQL is set")
-    pytest.skip(f"MariaDB at {MYSQL_HOST}:{MYSQL_PORT} is unreachable")
-  name = f"ckptflow_test_{uuid.uuid4().hex[:12]}"
-  mysql_admin(f"CREATE DATABASE `{name}`")
-  try:
-    yield name
-  finally:
-    mysql_admin(f"DROP DATABASE IF EXISTS `{name}`", check=False)

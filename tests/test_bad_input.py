@@ -21,8 +21,7 @@ import pytest
 from ml_metadata.proto import metadata_store_pb2
 
 from ckptflow.components import checkpoint as ckpt_records
-from reliability_support import (MYSQL_HOST, MYSQL_PORT, mlmd_counts, mysql_admin,
-                                 mysql_database, mysql_target)  # noqa: F401
+from reliability_support import MYSQL_HOST, MYSQL_PORT, mlmd_counts, mysql_admin, mysql_target
 from support import ckptflow
 
 HEADER = "species,culmen_length_mm,culmen_depth_mm,flipper_length_mm,body_mass_g"

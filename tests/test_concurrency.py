@@ -24,7 +24,7 @@ from ckptflow.components import checkpoint as ckpt_records
 from ckptflow.components import promotion
 from ckptflow.components.pusher import serving
 from ckptflow.base.metadata import open_store
-from reliability_support import mysql_database, mysql_target  # noqa: F401
+from reliability_support import mysql_target
 from support import ckptflow
 
 # Several real processes importing TensorFlow at once.

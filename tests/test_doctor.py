@@ -10,7 +10,6 @@ import shutil
 import subprocess
 import sys
 
-import pytest
 from ml_metadata.proto import metadata_store_pb2
 
 from ckptflow.components import checkpoint as ckpt_records

@@ -19,8 +19,8 @@ from ml_metadata.proto import metadata_store_pb2
 from ckptflow.components import checkpoint as ckpt_records
 from ckptflow.components.checkpoint import CheckpointRegistry
 from ckptflow.base import metadata
-from reliability_support import (mysql_admin, mysql_database, mysql_target,  # noqa: F401
-                                 register_checkpoint, start_execution, write_checkpoint_dir)
+from reliability_support import (mysql_admin, mysql_target, register_checkpoint,
+                                 start_execution, write_checkpoint_dir)
 
 
 def _fail_inner_calls(store: metadata.Store, monkeypatch, error: Exception) -> list[str]:

@@ -16,7 +16,7 @@ from ckptflow.operations import lineage
 from ckptflow.components import promotion
 from ckptflow.components.pusher import serving
 from ckptflow.base.metadata import open_store
-from reliability_support import mysql_admin, mysql_database, mysql_target  # noqa: F401
+from reliability_support import mysql_admin, mysql_target
 from support import ckptflow
 
 pytestmark = [pytest.mark.e2e, pytest.mark.mysql]

@@ -129,7 +129,7 @@ def test_report_marks_the_checkpoint_behind_the_stable_version_as_served(e2e_hom
 
 @pytest.mark.e2e
 def test_report_command_imports_neither_tensorflow_nor_tfx(e2e_home, tmp_path):
-  code = ("import json, sys; from ckptflow.pipeline import cli; "
+  code = ("import json, sys; from ckptflow.cli import main as cli; "
           f"rc = cli.main(['report', '--home', {str(e2e_home)!r}, '--out', "
           f"{str(tmp_path / 'r')!r}]); "
           "print(json.dumps([rc, sorted(m for m in sys.modules "
