@@ -70,6 +70,7 @@ from ml_metadata import metadata_store
 from ml_metadata.proto import metadata_store_pb2
 
 from ckptflow.base.errors import MetadataError
+from ckptflow.base.home import Home
 
 METADATA_ENV = "CKPTFLOW_METADATA"
 # MLMD's client counts its own attempts of an ABORTED call down from this and
@@ -399,7 +400,7 @@ def resolve_target(explicit: str | None, home: str) -> str:
   chosen = (explicit or "").strip()
   if chosen:
     return chosen
-  return _env_target() or os.path.join(os.path.abspath(home), "metadata.sqlite")
+  return _env_target() or Home(home).metadata_sqlite
 
 
 def _env_target() -> str:

@@ -26,8 +26,8 @@ from ml_metadata import metadata_store
 from ml_metadata.proto import metadata_store_pb2
 
 from ckptflow.components import promotion
-from ckptflow.components.pusher import serving
 from ckptflow.base.errors import CkptflowError, MetadataError
+from ckptflow.base.names import validate_model_name
 
 DEFAULT_MAX_NODES = 500
 
@@ -187,7 +187,7 @@ def _resolve_target(store, target) -> tuple[int, str]:
       raise CkptflowError(f"lineage target {text!r} has version {version!r}. "
                           "Expected MODEL:VERSION with a numeric version, or an "
                           "artifact id")
-    serving.validate_model_name(model_name)
+    validate_model_name(model_name)
     record = promotion.served_version(store, model_name, int(version))
     return record.artifact_id, text
   raise CkptflowError(f"lineage target {text!r} is not MODEL:VERSION or an "

@@ -43,7 +43,8 @@ from ckptflow.operations.evaluation import (DEFAULT_BEAM_ARGS, Evaluation,
 from ckptflow.components.checkpoint import CheckpointRecord, get_checkpoint
 from ckptflow.operations.export import ExportRecord, Training
 from ckptflow.components.pusher import serving
-from ckptflow.base.home import shared_lock
+from ckptflow.base.home import Home, shared_lock
+from ckptflow.base.names import validate_model_name
 from ckptflow.pipeline.config import PipelineConfig
 from ckptflow.base.errors import CheckpointError
 from ckptflow.base import mlmd
@@ -128,10 +129,9 @@ def promotion_settings(store: Store, training: Training, *,
 
     from ckptflow.pipeline.pipeline import eval_config
     name = model_name or config.serving.model_name
-    root = serving_dir or (os.path.abspath(config.serving.serving_dir)
-                           if config.serving.serving_dir else os.path.join(home, "serving"))
+    root = Home(home, serving_dir or config.serving.serving_dir or None).serving_root
     return PromotionSettings(
-        model_name=serving.validate_model_name(name), serving_root=os.path.abspath(root),
+        model_name=validate_model_name(name), serving_root=root,
         eval_config_json=json_format.MessageToJson(eval_config(config)),
         eval_config_source=f"config file {config_path}",
         beam_args=tuple(config.run.beam_args))
@@ -145,8 +145,8 @@ def promotion_settings(store: Store, training: Training, *,
         name = os.path.basename(base.rstrip("/"))
       except (ValueError, KeyError, TypeError):
         name = None
-  name = serving.validate_model_name(name or PipelineConfig().serving.model_name)
-  root = os.path.abspath(serving_dir or os.path.join(home, "serving"))
+  name = validate_model_name(name or PipelineConfig().serving.model_name)
+  root = Home(home, serving_dir).serving_root
   recorded = _recorded(store, training, "Evaluator", "eval_config")
   if recorded is not None:
     execution, eval_config_json = recorded
@@ -235,8 +235,9 @@ def promote_checkpoint(store: Store, spec: str, *, home: str,
   """
   serving.validate_label(label)
   if model_name is not None:
-    serving.validate_model_name(model_name)
-  home = os.path.abspath(home)
+    validate_model_name(model_name)
+  where = Home(home)
+  home = where.home
   record = checkpoint_export.resolve_checkpoint(store, spec)
   training = checkpoint_export.training_of(store, record)
   if training.examples is None:
@@ -248,8 +249,7 @@ def promote_checkpoint(store: Store, spec: str, *, home: str,
   if beam_args is not None:
     settings = dataclasses.replace(settings, beam_args=tuple(beam_args))
   checkpoint_export.check_writable_dir(settings.serving_root, "serving directory")
-  pipeline_root = checkpoint_export.check_writable_dir(
-      os.path.join(home, "pipeline_root"), "pipeline root")
+  pipeline_root = checkpoint_export.check_writable_dir(where.pipeline_root, "pipeline root")
   # The shared home lock: `doctor --repair` (and the recovery `run` starts
   # with) must not take this promotion's unfinished files for debris.
   with shared_lock(home):

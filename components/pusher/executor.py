@@ -26,6 +26,7 @@ from ckptflow.components.pusher import serving
 from ckptflow.base import metadata
 from ckptflow.base.errors import ServingError
 from ckptflow.base.faults import fault_point
+from ckptflow.base.names import validate_model_name
 
 
 class Executor(tfx_pusher_executor.Executor):
@@ -45,7 +46,7 @@ class Executor(tfx_pusher_executor.Executor):
       raise ServingError("Pusher: push_destination.filesystem.base_directory is not set. "
                          "Expected SERVING_ROOT/<model_name>")
     serving_root = os.path.dirname(base_directory.rstrip("/"))
-    model_name = serving.validate_model_name(os.path.basename(base_directory.rstrip("/")))
+    model_name = validate_model_name(os.path.basename(base_directory.rstrip("/")))
     custom_config = self._custom_config(exec_properties)
     label = serving.validate_label(custom_config.get("label", promotion.STABLE))
 

@@ -588,5 +588,5 @@ __all__ = [
     "model_dir", "models_config_lock", "models_config_path", "push_saved_model",
     "read_models_config", "saved_model_signatures", "stale_staging_dirs",
     "validate_label",
-    "validate_model_name", "version_path", "write_models_config",
+    "version_path", "write_models_config",
 ]

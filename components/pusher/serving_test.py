@@ -13,6 +13,7 @@ from tensorflow_serving.config import model_server_config_pb2
 
 from ckptflow.components.pusher import serving
 from ckptflow.base.errors import ServingError
+from ckptflow.base.names import validate_model_name
 
 
 def make_saved_model(path, marker="m", n_variable_files=3, size=4096):
@@ -55,7 +56,7 @@ def run_python(code, env_extra=None, timeout=60):
 ])
 def test_validate_model_name_rejects_unsafe_name_naming_it(name):
   with pytest.raises(ServingError) as raised:
-    serving.validate_model_name(name)
+    validate_model_name(name)
   message = str(raised.value)
   assert "\n" not in message
   assert repr(name) in message
@@ -64,7 +65,7 @@ def test_validate_model_name_rejects_unsafe_name_naming_it(name):
 
 @pytest.mark.parametrize("name", ["penguin", "my-model_2", "v1.2", "A"])
 def test_validate_model_name_accepts_safe_name(name):
-  assert serving.validate_model_name(name) == name
+  assert validate_model_name(name) == name
 
 
 def test_first_push_publishes_version_1_with_identical_files(tmp_path):
