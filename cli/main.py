@@ -74,9 +74,9 @@ def cmd_export(args) -> int:
 
 
 def cmd_promote(args) -> int:
-  from ckptflow.operations import promote as checkpoint_promotion
+  from ckptflow.operations import promote
   store = _open_existing_store(args)
-  result = checkpoint_promotion.promote_checkpoint(
+  result = promote.promote_checkpoint(
       store, args.checkpoint, home=_home(args), label=args.label, force=args.force,
       config_path=args.config, model_name=args.model_name, serving_dir=args.serving_dir)
   if args.json:

@@ -6,10 +6,10 @@
    model name, the checkpoint (it exists and is LIVE), that the serving root
    and the pipeline root can be written;
 2. exports the checkpoint as a `Model`, or reuses its earlier export
-   (`checkpoint_export`);
+   (`operations/export.py`);
 3. evaluates it with the pipeline's TFMA EvalConfig on the eval split of the
    Examples its Trainer read, against the version now labelled stable, and
-   records the `ModelBlessing` (`candidate_evaluation`);
+   records the `ModelBlessing` (`operations/evaluation.py`);
 4. if blessed, or if forced: pushes it as the next version through the same
    push the pipeline's Pusher uses (`promotion.promote`: staged copy and
    rename, a `PushedModel` recording model name, version, path and label,
