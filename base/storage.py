@@ -31,6 +31,8 @@ import os
 import secrets
 from typing import IO, Callable, Iterator, Mapping, Union
 
+from ckptflow.base.errors import CkptflowError
+
 # What `atomic_write` writes: text (UTF-8), bytes, or a function that writes
 # the file at the path it is given (e.g. a plotting library's savefig).
 Content = Union[str, bytes, Callable[[str], None]]
@@ -281,8 +283,29 @@ def nearest_existing(path: str) -> str:
   return probe
 
 
+def check_creatable_dir(path: str, what: str) -> str:
+  """Checks, creating nothing, that the directory `path` exists or can be
+  created, and that this process can write in it; returns it, absolute.
+
+  Raises:
+    CkptflowError: `path`, or the nearest ancestor that exists, is not a
+      directory, or is not writable for this user; the message names
+      `what` ("serving directory", "pipeline root", ...) and both paths.
+  """
+  path = os.path.abspath(path)
+  probe = nearest_existing(path)
+  if not os.path.isdir(probe):
+    raise CkptflowError(f"cannot create {what} {path!r}: {probe!r} is not a directory: "
+                        "it is a file. Expected a directory path")
+  if not os.access(probe, os.W_OK | os.X_OK):
+    raise CkptflowError(f"{what} {path!r} is not writable ({probe!r} is read-only "
+                        "for this user). Expected a directory this user can write")
+  return path
+
+
 __all__ = [
-    "Content", "NotDurableError", "atomic_write", "atomic_write_all", "file_lock",
+    "Content", "NotDurableError", "atomic_write", "atomic_write_all", "check_creatable_dir",
+    "file_lock",
     "fsync_dir", "fsync_file", "fsync_tree", "nearest_existing", "publish_dir",
     "temp_prefix",
 ]

@@ -54,7 +54,7 @@ from ckptflow.components import checkpoint as checkpoints
 from ckptflow.components.checkpoint import CheckpointRecord
 from ckptflow.base import home as home_layout
 from ckptflow.base import storage
-from ckptflow.base.errors import CheckpointError, CkptflowError
+from ckptflow.base.errors import CheckpointError
 from ckptflow.base import mlmd
 from ckptflow.base.metadata import Store
 
@@ -338,24 +338,6 @@ def restore_protection(store: Store, checkpoint_id: int,
 # --- files -------------------------------------------------------------------
 
 
-def check_writable_dir(path: str, what: str) -> str:
-  """Returns `path` (absolute) if it is, or could be created as, a directory
-  this process can write. Creates nothing.
-
-  Raises:
-    CkptflowError: it is not a directory, or cannot be written or created.
-  """
-  path = os.path.abspath(path)
-  probe = storage.nearest_existing(path)
-  if not os.path.isdir(probe):
-    raise CkptflowError(f"{what} {path!r} cannot be created: {probe!r} is not a "
-                        "directory. Expected a directory this user can write")
-  if not os.access(probe, os.W_OK | os.X_OK):
-    raise CkptflowError(f"{what} {path!r} is not writable ({probe!r} is read-only "
-                        "for this user). Expected a directory this user can write")
-  return path
-
-
 # --- rebuild and export (TensorFlow) -------------------------------------------
 
 
@@ -463,7 +445,7 @@ def export_checkpoint(store: Store, record: CheckpointRecord, *,
   """
   if not record.live:
     raise _pruned(record)
-  check_writable_dir(export_root, "export directory")
+  storage.check_creatable_dir(export_root, "export directory")
   training = training_of(store, record)
   directory = os.path.join(os.path.abspath(export_root), f"checkpoint-{record.id}")
   os.makedirs(directory, exist_ok=True)
@@ -512,6 +494,6 @@ def export_checkpoint(store: Store, record: CheckpointRecord, *,
 
 __all__ = [
     "EXPORT_DIR_NAME", "EXPORT_TYPE_NAME", "ExportRecord", "RebuiltModel", "Training",
-    "check_writable_dir", "export_checkpoint", "find_export", "protect", "rebuild_model",
+    "export_checkpoint", "find_export", "protect", "rebuild_model",
     "resolve_checkpoint", "restore_protection", "training_of",
 ]

@@ -12,6 +12,7 @@ from ckptflow.operations import export as checkpoint_export
 from ckptflow.components.checkpoint import (CheckpointRegistry, NewCheckpoint,
                                             get_checkpoint, set_states)
 from ckptflow.base import mlmd
+from ckptflow.base import storage
 from ckptflow.base.errors import CheckpointError, CkptflowError
 from ckptflow.base.metadata import open_store
 from reliability_support import mysql_target
@@ -182,13 +183,13 @@ def test_model_type_registered_by_tfx_is_reused_not_redefined(store):
   assert mlmd.ensure_artifact_type(store, "Model") == type_id
 
 
-def test_check_writable_dir_refuses_a_path_under_a_file_and_creates_nothing(tmp_path):
+def test_creatable_dir_check_refuses_a_path_under_a_file_and_creates_nothing(tmp_path):
   blocker = tmp_path / "file"
   blocker.write_text("x")
 
   with pytest.raises(CkptflowError, match="not a directory"):
-    checkpoint_export.check_writable_dir(str(blocker / "serving"), "serving directory")
-  assert checkpoint_export.check_writable_dir(str(tmp_path / "a" / "b"), "x") == str(
+    storage.check_creatable_dir(str(blocker / "serving"), "serving directory")
+  assert storage.check_creatable_dir(str(tmp_path / "a" / "b"), "x") == str(
       tmp_path / "a" / "b")
   assert not os.path.exists(tmp_path / "a")
 

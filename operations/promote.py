@@ -47,7 +47,7 @@ from ckptflow.base.home import Home, shared_lock
 from ckptflow.base.names import validate_model_name
 from ckptflow.pipeline.config import PipelineConfig
 from ckptflow.base.errors import CheckpointError
-from ckptflow.base import mlmd
+from ckptflow.base import mlmd, storage
 from ckptflow.base.metadata import Store
 
 PROMOTION_DIR_NAME = "CheckpointPromotion"  # evaluations, under the pipeline root
@@ -248,8 +248,8 @@ def promote_checkpoint(store: Store, spec: str, *, home: str,
                                 model_name=model_name, serving_dir=serving_dir)
   if beam_args is not None:
     settings = dataclasses.replace(settings, beam_args=tuple(beam_args))
-  checkpoint_export.check_writable_dir(settings.serving_root, "serving directory")
-  pipeline_root = checkpoint_export.check_writable_dir(where.pipeline_root, "pipeline root")
+  storage.check_creatable_dir(settings.serving_root, "serving directory")
+  pipeline_root = storage.check_creatable_dir(where.pipeline_root, "pipeline root")
   # The shared home lock: `doctor --repair` (and the recovery `run` starts
   # with) must not take this promotion's unfinished files for debris.
   with shared_lock(home):

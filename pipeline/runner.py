@@ -91,14 +91,9 @@ def check_free_space(config: PipelineConfig) -> None:
 
 def check_directories(config: PipelineConfig) -> None:
   """Fails, writing nothing, unless the home layout can be created."""
-  for path in (config.home, config.pipeline_root, config.serving_dir):
-    existing = storage.nearest_existing(path)
-    if not os.path.isdir(existing):
-      raise CkptflowError(f"cannot create directory {path!r}: {existing!r} is a "
-                          "file. Expected a directory path")
-    if not os.access(existing, os.W_OK | os.X_OK):
-      raise CkptflowError(f"directory {existing!r} is not writable; cannot create "
-                          f"or write {path!r}")
+  for path, what in ((config.home, "home"), (config.pipeline_root, "pipeline root"),
+                     (config.serving_dir, "serving directory")):
+    storage.check_creatable_dir(path, what)
 
 
 def prepare_home(config: PipelineConfig) -> None:
