@@ -303,8 +303,27 @@ def check_creatable_dir(path: str, what: str) -> str:
   return path
 
 
+def create_dir(path: str, what: str) -> str:
+  """Creates the directory `path` (and its parents) if missing and checks
+  this process can write in it; returns it, absolute.
+
+  Raises:
+    CkptflowError: it cannot be created, or is not writable; the message
+      names `what` and the path.
+  """
+  path = os.path.abspath(path)
+  try:
+    os.makedirs(path, exist_ok=True)
+  except OSError as e:
+    raise CkptflowError(f"cannot create {what} {path!r}: {e.strerror}") from e
+  if not os.access(path, os.W_OK | os.X_OK):
+    raise CkptflowError(f"{what} {path!r} is not writable")
+  return path
+
+
 __all__ = [
     "Content", "NotDurableError", "atomic_write", "atomic_write_all", "check_creatable_dir",
+    "create_dir",
     "file_lock",
     "fsync_dir", "fsync_file", "fsync_tree", "nearest_existing", "publish_dir",
     "temp_prefix",

@@ -12,6 +12,7 @@ import textwrap
 import pytest
 
 from ckptflow.base import storage
+from ckptflow.base.errors import CkptflowError
 
 
 def run_python(code: str, *args: str) -> subprocess.CompletedProcess:
@@ -245,3 +246,21 @@ def test_nearest_existing_is_the_path_or_its_closest_existing_ancestor(tmp_path)
 def test_nearest_existing_answers_an_absolute_path(tmp_path, monkeypatch):
   monkeypatch.chdir(tmp_path)
   assert storage.nearest_existing("missing/child") == str(tmp_path)
+
+
+def test_creatable_dir_check_names_the_blocking_file_and_creates_nothing(tmp_path):
+  blocker = tmp_path / "file"
+  blocker.write_text("x")
+  with pytest.raises(CkptflowError, match=r"cannot create home .* is not a directory: "
+                     r"it is a file\. Expected a directory path"):
+    storage.check_creatable_dir(str(blocker / "home"), "home")
+  assert storage.check_creatable_dir(str(tmp_path / "a" / "b"), "home") == str(tmp_path / "a" / "b")
+  assert not (tmp_path / "a").exists()
+
+
+def test_create_dir_makes_parents_and_names_what_it_could_not_create(tmp_path):
+  made = storage.create_dir(str(tmp_path / "a" / "b"), "report directory")
+  assert os.path.isdir(made)
+  (tmp_path / "file").write_text("x")
+  with pytest.raises(CkptflowError, match="cannot create report directory"):
+    storage.create_dir(str(tmp_path / "file" / "sub"), "report directory")

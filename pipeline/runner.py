@@ -89,10 +89,15 @@ def check_free_space(config: PipelineConfig) -> None:
           f"(set {MIN_FREE_ENV} to change)")
 
 
+def _layout(config: PipelineConfig) -> tuple[tuple[str, str], ...]:
+  """The directories a run creates, each with what it is called in messages."""
+  return ((config.home, "home"), (config.pipeline_root, "pipeline root"),
+          (config.serving_dir, "serving directory"))
+
+
 def check_directories(config: PipelineConfig) -> None:
   """Fails, writing nothing, unless the home layout can be created."""
-  for path, what in ((config.home, "home"), (config.pipeline_root, "pipeline root"),
-                     (config.serving_dir, "serving directory")):
+  for path, what in _layout(config):
     storage.check_creatable_dir(path, what)
 
 
@@ -102,13 +107,8 @@ def prepare_home(config: PipelineConfig) -> None:
   Checks that every directory can be created before creating any.
   """
   check_directories(config)
-  for path in (config.home, config.pipeline_root, config.serving_dir):
-    try:
-      os.makedirs(path, exist_ok=True)
-    except OSError as e:
-      raise CkptflowError(f"cannot create directory {path!r}: {e.strerror}") from e
-    if not os.access(path, os.W_OK):
-      raise CkptflowError(f"directory {path!r} is not writable")
+  for path, what in _layout(config):
+    storage.create_dir(path, what)
 
 
 def _num_classes(config: PipelineConfig) -> int | None:

@@ -51,13 +51,7 @@ def write_report(store: metadata_store.MetadataStore, out_dir: str, *, serving_r
   Raises:
     CkptflowError: `out_dir` cannot be created or written.
   """
-  out_dir = os.path.abspath(out_dir)
-  try:
-    os.makedirs(out_dir, exist_ok=True)
-  except OSError as e:
-    raise CkptflowError(f"cannot create report directory {out_dir!r}: {e.strerror}") from e
-  if not os.access(out_dir, os.W_OK):
-    raise CkptflowError(f"report directory {out_dir!r} is not writable")
+  out_dir = storage.create_dir(out_dir, "report directory")
 
   data = collect(store, serving_root)
   _publish(out_dir, html.METRICS_PNG, lambda path: plots.draw_metrics(data.runs, path))
