@@ -70,7 +70,6 @@ import re
 import shutil
 from typing import Iterable, Sequence
 
-from ml_metadata import metadata_store
 from ml_metadata.proto import metadata_store_pb2
 
 from ckptflow.components import checkpoint as ckpt_records
@@ -79,6 +78,7 @@ from ckptflow.components.pusher import serving
 from ckptflow.base import metadata, names, storage
 from ckptflow.base.errors import CkptflowError, ServingError
 from ckptflow.base.home import Home, exclusive_lock_if_idle
+from ckptflow.base.metadata import Store
 
 _log = logging.getLogger(__name__)
 
@@ -304,7 +304,7 @@ def _describe_states(states) -> str:
       for name, s in sorted(states.items()))
 
 
-def check(store: metadata_store.MetadataStore, where: Home, *,
+def check(store: Store, where: Home, *,
           verify_checksums: bool = True) -> list[Finding]:
   """Every disagreement between `store` and the files of `where`.
 
@@ -378,7 +378,7 @@ _REPAIR_ORDER = ("checkpoint-missing", "checkpoint-corrupt", "version-missing",
                  "version-unrecorded")
 
 
-def repair(store: metadata_store.MetadataStore, where: Home,
+def repair(store: Store, where: Home,
            findings: Sequence[Finding]) -> list[Finding]:
   """Resolves `findings` (see the module docstring); marks each repaired.
 

@@ -22,12 +22,12 @@ import shutil
 import subprocess
 from typing import Any, Mapping
 
-from ml_metadata import metadata_store
 from ml_metadata.proto import metadata_store_pb2
 
 from ckptflow.components import promotion
 from ckptflow.base.errors import CkptflowError, MetadataError
 from ckptflow.base.names import validate_model_name
+from ckptflow.base.metadata import Store
 
 DEFAULT_MAX_NODES = 500
 
@@ -157,7 +157,7 @@ class _TypeNames:
   """Artifact and execution type names by type id, read from MLMD once per
   type id."""
 
-  def __init__(self, store: metadata_store.MetadataStore):
+  def __init__(self, store: Store):
     self._store = store
     self._names: dict[tuple[str, int], str] = {}
 
@@ -204,7 +204,7 @@ def _neighbour_id(event: metadata_store_pb2.Event, kind: str) -> int:
   return event.execution_id if kind == EXECUTION else event.artifact_id
 
 
-def _records(store: metadata_store.MetadataStore, kind: str, ids: list[int]) -> list:
+def _records(store: Store, kind: str, ids: list[int]) -> list:
   """The MLMD Artifacts or Executions with these ids."""
   if not ids:
     return []
@@ -213,7 +213,7 @@ def _records(store: metadata_store.MetadataStore, kind: str, ids: list[int]) -> 
   return store.get_executions_by_id(ids)
 
 
-def _upstream_events(store: metadata_store.MetadataStore, kind: str,
+def _upstream_events(store: Store, kind: str,
                      ids: list[int]) -> list[metadata_store_pb2.Event]:
   """The events that lead upstream from the nodes `ids` of `kind`: the
   OUTPUT events that wrote these artifacts, or the INPUT events these
@@ -235,7 +235,7 @@ def _edge(event: metadata_store_pb2.Event) -> LineageEdge:
   return LineageEdge(source=artifact, target=execution, event_type=name)
 
 
-def lineage(store: metadata_store.MetadataStore, target: str | int, *,
+def lineage(store: Store, target: str | int, *,
             max_nodes: int = DEFAULT_MAX_NODES) -> LineageGraph:
   """The upstream lineage of `target`: `MODEL:VERSION` (a served version) or
   an artifact id.

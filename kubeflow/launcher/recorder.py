@@ -19,10 +19,10 @@ import yaml
 from google.protobuf import json_format, struct_pb2
 from kfp.pipeline_spec import pipeline_spec_pb2
 from ml_metadata import errors as mlmd_errors
-from ml_metadata import metadata_store
 from ml_metadata.proto import metadata_store_pb2
 
 from ckptflow.kubeflow.launcher.errors import LauncherError
+from ckptflow.base.metadata import Store
 
 PIPELINE_CONTEXT_TYPE = "system.Pipeline"
 RUN_CONTEXT_TYPE = "system.PipelineRun"
@@ -96,7 +96,7 @@ class RunRecorder:
   an execution per task attempt. `open()` must be called before anything
   that records."""
 
-  def __init__(self, store: metadata_store.MetadataStore, *, pipeline_name: str,
+  def __init__(self, store: Store, *, pipeline_name: str,
                run_id: str, run_root: str):
     self._store = store
     self._pipeline_name = pipeline_name

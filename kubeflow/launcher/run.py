@@ -22,7 +22,6 @@ from typing import Mapping, Sequence
 
 from google.protobuf import json_format, struct_pb2
 from kfp.pipeline_spec import pipeline_spec_pb2
-from ml_metadata import metadata_store
 from ml_metadata.proto import metadata_store_pb2
 
 from ckptflow.base import metadata
@@ -32,6 +31,7 @@ from ckptflow.kubeflow.launcher import graph, placeholders
 from ckptflow.kubeflow.launcher import task as task_lib
 from ckptflow.kubeflow.launcher.errors import LauncherError, TaskFailed
 from ckptflow.kubeflow.launcher.recorder import RunRecorder
+from ckptflow.base.metadata import Store
 
 _log = logging.getLogger(__name__)
 
@@ -81,7 +81,7 @@ class LocalRun:
   # -- public ---------------------------------------------------------------
 
   @property
-  def store(self) -> metadata_store.MetadataStore:
+  def store(self) -> Store:
     return self._store
 
   def task_order(self) -> list[str]:

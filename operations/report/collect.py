@@ -15,7 +15,6 @@ import dataclasses
 import os
 from typing import Mapping, Sequence
 
-from ml_metadata import metadata_store
 from ml_metadata.proto import metadata_store_pb2
 
 from ckptflow.base.errors import CkptflowError
@@ -24,6 +23,7 @@ from ckptflow.components import promotion
 from ckptflow.components.checkpoint import CheckpointRecord
 from ckptflow.operations import lineage as lineage_lib
 from ckptflow.operations.report.events import read_event_scalars
+from ckptflow.base.metadata import Store
 
 # What became of a checkpoint, lowest priority first: a checkpoint gets the
 # last category that applies.
@@ -71,7 +71,7 @@ class ReportData:
   notes: list[str]
 
 
-def _tensorboard_dirs(store: metadata_store.MetadataStore,
+def _tensorboard_dirs(store: Store,
                       execution_ids: Sequence[int]) -> dict[int, str]:
   """execution id -> its ModelRun output's tensorboard/ folder."""
   if not execution_ids:
@@ -128,7 +128,7 @@ def _category(record: CheckpointRecord, served: bool) -> str:
                                                                                "pruned")
 
 
-def collect(store: metadata_store.MetadataStore, serving_root: str) -> ReportData:
+def collect(store: Store, serving_root: str) -> ReportData:
   """Everything the report shows, read from MLMD and the home's files."""
   notes: list[str] = []
   records = checkpoints_lib.list_checkpoints(store)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 
-from ml_metadata import metadata_store
 
 from ckptflow.base import storage
 from ckptflow.base.errors import CkptflowError
@@ -18,6 +17,7 @@ from ckptflow.components import promotion
 from ckptflow.operations import lineage as lineage_lib
 from ckptflow.operations.report import html, plots
 from ckptflow.operations.report.collect import ReportData, collect
+from ckptflow.base.metadata import Store
 
 
 def _publish(directory: str, name: str, write) -> str:
@@ -43,7 +43,7 @@ def _lineage_target(model: str, data: ReportData) -> tuple[int | None, str]:
   return (max(versions), "newest; no stable label") if versions else (None, "")
 
 
-def write_report(store: metadata_store.MetadataStore, out_dir: str, *, serving_root: str,
+def write_report(store: Store, out_dir: str, *, serving_root: str,
                  title_target: str = "") -> str:
   """Writes the report into `out_dir` (created if needed); returns the path
   of its index.html. See the package docstring for what it holds.
