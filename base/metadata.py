@@ -243,7 +243,9 @@ def _is_retryable(error: BaseException) -> bool:
   too. Several processes opening one empty MySQL database at once race to
   create MLMD's schema and all but one fail (MLMD raises RuntimeError, or
   an error saying "concurrent connection to the empty database. Please
-  retry"); schema creation is idempotent, so opening again is safe.
+  retry", or MySQL's "Deadlock found when trying to get lock; try
+  restarting transaction", which rolled the transaction back); schema
+  creation is idempotent, so opening again is safe.
   """
   text = str(error).lower()
   if isinstance(error, RuntimeError):
@@ -263,7 +265,8 @@ def _is_retryable(error: BaseException) -> bool:
 
 _SCHEMA_RACE_MARKERS = ("concurrent connection to the empty database",
                         "no schema_version can be found",
-                        "table definition has changed")
+                        "table definition has changed",
+                        "deadlock found when trying to get lock")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -77,6 +77,10 @@ def start_workers(target: str, home: pathlib.Path, saved_model: str,
 def wait_ready(workers) -> None:
   for worker in workers:
     line = worker.stdout.readline()
+    if not line:  # it exited before it was ready: say why
+      worker.wait(timeout=60)
+      pytest.fail(f"worker exited {worker.returncode} before it was ready: "
+                  f"{worker.stderr.read()[-3000:]}")
     assert json.loads(line)["event"] == "ready", worker.stderr.read()[-3000:]
 
 

@@ -108,6 +108,25 @@ def test_errors_that_may_have_changed_the_store_or_will_not_pass_are_not_retried
   assert len(attempts) == 1
 
 
+def test_opening_a_store_waits_out_a_mysql_deadlock_of_the_schema_creation_race(
+    tmp_path, monkeypatch):
+  # Processes opening one new MySQL database together: MariaDB may roll back
+  # one's schema transaction as a deadlock (seen with 4 processes at once).
+  real = metadata.metadata_store.MetadataStore
+  failures = [RuntimeError("mysql_query aborted: errno: Deadlock found when trying to "
+                           "get lock; try restarting transaction")]
+
+  def connect(config):
+    if failures:
+      raise failures.pop(0)
+    return real(config)
+
+  monkeypatch.setattr(metadata.metadata_store, "MetadataStore", connect)
+  store = metadata.open_store(str(tmp_path / "m.sqlite"))
+  assert failures == []
+  assert store.get_artifacts() == []
+
+
 def test_a_call_returns_once_a_retryable_error_clears(tmp_path, monkeypatch):
   store = metadata.open_store(str(tmp_path / "m.sqlite"))
   real = store.client._call_method  # pylint: disable=protected-access
