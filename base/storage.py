@@ -17,7 +17,9 @@ storage plugs in here.
   not. The kernel releases it when the holder's process dies, however it
   dies.
 * `nearest_existing`: the nearest existing ancestor of a path, to check a
-  path can be created before creating anything.
+  path can be created before creating anything; `check_creatable_dir`
+  does that check for a directory, `create_dir` then creates it (both fail
+  with a one-line `CkptflowError` naming the directory).
 
 Imports neither TensorFlow nor TFX.
 """
