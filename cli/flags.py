@@ -19,7 +19,7 @@ import dataclasses
 import typing
 from typing import Any, Sequence
 
-from ckptflow.pipeline.config import PipelineConfig
+from ckptflow.pipeline.config import DISTRIBUTIONS, PipelineConfig
 
 RUN, COMPILE = "run", "compile"
 
@@ -71,6 +71,14 @@ CONFIG_FLAGS: tuple[ConfigFlag, ...] = (
     ConfigFlag("--keep-last", "training", "keep_last", "keep only the last K checkpoints"),
     ConfigFlag("--warm-start", "training", "warm_start",
                "none, latest, best, or a checkpoint artifact id"),
+    ConfigFlag("--distribution", "training", "distribution",
+               "tf.distribute strategy: none, mirrored (devices of this machine) or "
+               "multi_worker (worker processes)",
+               choices=DISTRIBUTIONS),
+    ConfigFlag("--replicas", "training", "replicas",
+               "devices for --distribution mirrored (logical CPUs on a CPU-only machine)"),
+    ConfigFlag("--workers", "training", "workers",
+               "worker processes for --distribution multi_worker"),
     ConfigFlag("--async-checkpoint", "training", "async_checkpoint",
                "write checkpoints in the background", kind="true", commands=(RUN,)),
     ConfigFlag("--orchestrator", "run", "orchestrator",

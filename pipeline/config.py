@@ -25,6 +25,8 @@ from ckptflow.base.home import Home
 
 DEFAULT_HOME_ENV = "CKPTFLOW_HOME"
 WARM_START_CHOICES = ("none", "latest", "best")
+# tf.distribute strategies the Trainer runs (components/trainer/distribution.py).
+DISTRIBUTIONS = ("none", "mirrored", "multi_worker")
 
 
 def default_home() -> str:
@@ -113,6 +115,12 @@ class TrainingConfig:
   `module` is an importable module path (or a .py file) defining the model;
   see `ckptflow/pipeline/model.py` for the contract. Retention counts of 0
   mean "no such rule"; with no rule at all every checkpoint is kept.
+
+  `distribution`: "none" (one process, one device), "mirrored"
+  (MirroredStrategy over `replicas` devices of one machine; on a CPU-only
+  machine, `replicas` logical CPU devices) or "multi_worker"
+  (MultiWorkerMirroredStrategy over `workers` processes). `batch_size` is
+  the global batch, split evenly across the replicas.
   """
 
   module: str = "ckptflow.pipeline.model"
@@ -131,6 +139,9 @@ class TrainingConfig:
   async_checkpoint: bool = False
   eval_every: int = 0
   seed: int = 42
+  distribution: str = "none"
+  replicas: int = 1
+  workers: int = 1
   hyperparameters: Mapping[str, Any] = dataclasses.field(
       default_factory=lambda: {"learning_rate": 0.01, "hidden_units": [16, 8]})
 
@@ -160,6 +171,33 @@ class TrainingConfig:
       _fail("training.seed", self.seed, "an integer")
     if not isinstance(self.hyperparameters, Mapping):
       _fail("training.hyperparameters", self.hyperparameters, "a table of values")
+    self._check_distribution()
+
+  @property
+  def num_replicas(self) -> int:
+    """Replicas in sync: devices (mirrored) or workers (multi_worker)."""
+    return {"mirrored": self.replicas, "multi_worker": self.workers}.get(self.distribution, 1)
+
+  def _check_distribution(self) -> None:
+    if self.distribution not in DISTRIBUTIONS:
+      _fail("training.distribution", self.distribution,
+            "'none', 'mirrored' (devices of one machine) or 'multi_worker' (worker processes)")
+    _positive_int("training.replicas", self.replicas)
+    _positive_int("training.workers", self.workers)
+    if self.replicas != 1 and self.distribution != "mirrored":
+      _fail("training.replicas", self.replicas,
+            f"1 unless distribution = 'mirrored' (distribution is {self.distribution!r})")
+    if self.workers != 1 and self.distribution != "multi_worker":
+      _fail("training.workers", self.workers,
+            f"1 unless distribution = 'multi_worker' (distribution is {self.distribution!r})")
+    if self.batch_size % self.num_replicas:
+      _fail("training.batch_size", self.batch_size,
+            f"a multiple of the {self.num_replicas} replicas (the global batch is "
+            "split evenly)")
+    if self.async_checkpoint and self.distribution != "none":
+      _fail("training.async_checkpoint", self.async_checkpoint,
+            "false with a distribution strategy (every worker saves synchronously, "
+            "at one agreed step)")
 
 
 @dataclasses.dataclass(frozen=True)
