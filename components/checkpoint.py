@@ -40,6 +40,7 @@ CHECKPOINT_PROPERTIES: Mapping[str, int] = {
     "tf_version": metadata_store_pb2.STRING,
     "fingerprint": metadata_store_pb2.STRING,  # model code + hyperparameters
     "resume_key": metadata_store_pb2.STRING,  # fingerprint + input artifacts
+    "replicas": metadata_store_pb2.INT,  # replicas in sync that trained it
 }
 
 _LIVE = metadata_store_pb2.Artifact.LIVE
@@ -90,6 +91,7 @@ class CheckpointRecord:
   resume_key: str
   tf_version: str
   protected: str  # why it must be kept ("exported", "promoted"), or ""
+  replicas: int = 1  # replicas in sync (tf.distribute) that trained it
 
   @property
   def live(self) -> bool:
@@ -117,6 +119,8 @@ class CheckpointRecord:
         resume_key=props["resume_key"].string_value,
         tf_version=props["tf_version"].string_value,
         protected=custom["protected"].string_value if "protected" in custom else "",
+        # Recorded since distributed training; earlier checkpoints had one.
+        replicas=props["replicas"].int_value if "replicas" in props else 1,
     )
 
 
@@ -133,6 +137,7 @@ class NewCheckpoint:
   tf_version: str
   fingerprint: str
   resume_key: str
+  replicas: int = 1
 
 
 def _now_iso() -> str:
@@ -157,6 +162,7 @@ def checkpoint_artifact(type_id: int, checkpoint: NewCheckpoint, *,
       "tf_version": checkpoint.tf_version,
       "fingerprint": checkpoint.fingerprint,
       "resume_key": checkpoint.resume_key,
+      "replicas": checkpoint.replicas,
   })
   artifact.custom_properties["state"].string_value = STATE_NAMES[state]
   return artifact

@@ -3,8 +3,9 @@
 It shows the Trainer contract (`components/trainer/contract.py`) with the
 state a real custom loop has: two optimizers (Adam for the hidden layers,
 SGD with momentum for the output layer), extra training variables (running
-loss and accuracy), and input noise drawn from the Trainer's checkpointed
-RNG. Hyperparameters: `learning_rate`, `head_learning_rate`,
+means of loss and accuracy, bias-corrected), and input noise drawn from the
+Trainer's checkpointed RNG. It trains alike with or without a
+distribution strategy. Hyperparameters: `learning_rate`, `head_learning_rate`,
 `hidden_units` (list), `num_classes`, `input_noise`.
 """
 
@@ -38,17 +39,31 @@ def build_keras_model(spec: TrainingSpec) -> tf.keras.Model:
 
 
 def build_training(spec: TrainingSpec) -> TrainingSetup:
+  """The custom-loop setup; correct with or without a distribution strategy
+  (see the contract): the loss is scaled by the global batch, and the
+  running means are updated from all-reduced values into variables whose
+  aggregation keeps the replicas' copies equal."""
   hp = spec.hyperparameters
   model = build_keras_model(spec)
   head = model.get_layer("head")
   body_optimizer = tf.keras.optimizers.Adam(float(hp.get("learning_rate", 0.01)))
   head_optimizer = tf.keras.optimizers.SGD(
       float(hp.get("head_learning_rate", 0.05)), momentum=0.9)
-  train_loss = tf.Variable(0.0, trainable=False, name="train_loss")
-  train_accuracy = tf.Variable(0.0, trainable=False, name="train_accuracy")
+  # Exponential moving averages over roughly the last 50 steps, divided by
+  # (1 - decay**steps) when read: a true running mean from the first step
+  # on (Adam's bias correction), not a curve climbing up from zero.
+  decay = 0.98
+  same_on_every_replica = tf.VariableAggregation.ONLY_FIRST_REPLICA
+  train_loss = tf.Variable(0.0, trainable=False, name="train_loss",
+                           aggregation=same_on_every_replica)
+  train_accuracy = tf.Variable(0.0, trainable=False, name="train_accuracy",
+                               aggregation=same_on_every_replica)
+  running_steps = tf.Variable(0.0, trainable=False, name="running_steps",
+                              aggregation=same_on_every_replica)
   noise = float(hp.get("input_noise", 0.01))
-  loss_fn = tf.keras.losses.SparseCategoricalCrossentropy()
-  decay = 0.98  # running averages over roughly the last 50 steps
+  loss_fn = tf.keras.losses.SparseCategoricalCrossentropy(
+      reduction=tf.keras.losses.Reduction.NONE)
+  global_batch = spec.global_batch_size or None
 
   def train_step(features, labels):
     if noise > 0:
@@ -56,24 +71,35 @@ def build_training(spec: TrainingSpec) -> TrainingSetup:
                   for k, v in features.items()}
     with tf.GradientTape() as tape:
       probabilities = model(features, training=True)
-      loss = loss_fn(labels, probabilities)
+      per_example = loss_fn(labels, probabilities)
+      scaled_loss = tf.nn.compute_average_loss(per_example, global_batch_size=global_batch)
     head_vars = head.trainable_variables
     head_ids = {id(v) for v in head_vars}
     body_vars = [v for v in model.trainable_variables if id(v) not in head_ids]
-    gradients = tape.gradient(loss, body_vars + head_vars)
+    gradients = tape.gradient(scaled_loss, body_vars + head_vars)
     body_optimizer.apply_gradients(zip(gradients[:len(body_vars)], body_vars))
     head_optimizer.apply_gradients(zip(gradients[len(body_vars):], head_vars))
+    loss = tf.reduce_mean(per_example)
     predicted = tf.argmax(probabilities, axis=-1)
     accuracy = tf.reduce_mean(
         tf.cast(tf.equal(predicted, tf.reshape(labels, [-1])), tf.float32))
-    train_loss.assign(decay * train_loss + (1 - decay) * loss)
-    train_accuracy.assign(decay * train_accuracy + (1 - decay) * accuracy)
+    # The means over every replica, so each replica updates alike.
+    replicas = tf.distribute.get_replica_context()
+    mean = tf.distribute.ReduceOp.MEAN
+    global_loss = replicas.all_reduce(mean, loss)
+    global_accuracy = replicas.all_reduce(mean, accuracy)
+    steps = running_steps.assign_add(1.0)
+    loss_ema = train_loss.assign(decay * train_loss + (1 - decay) * global_loss)
+    accuracy_ema = train_accuracy.assign(
+        decay * train_accuracy + (1 - decay) * global_accuracy)
+    correction = 1.0 - tf.pow(decay, steps)
     return {"loss": loss, "accuracy": accuracy,
-            "running_loss": train_loss.read_value(),
-            "running_accuracy": train_accuracy.read_value()}
+            "running_loss": loss_ema / correction,
+            "running_accuracy": accuracy_ema / correction}
 
   return TrainingSetup(
       model=model,
       optimizers={"body": body_optimizer, "head": head_optimizer},
-      variables={"train_loss": train_loss, "train_accuracy": train_accuracy},
+      variables={"train_loss": train_loss, "train_accuracy": train_accuracy,
+                 "running_steps": running_steps},
       train_step=train_step)

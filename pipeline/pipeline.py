@@ -108,7 +108,9 @@ def create_pipeline(config: PipelineConfig, *, feature_keys: tuple[str, ...] | N
       best_metric=training.best_metric, best_mode=training.best_mode,
       keep_every=training.keep_every, warm_start=training.warm_start,
       async_checkpoint=training.async_checkpoint, eval_every=training.eval_every,
-      seed=training.seed, hyperparameters=training.hyperparameters)
+      seed=training.seed, hyperparameters=training.hyperparameters,
+      distribution=training.distribution, replicas=training.replicas,
+      workers=training.workers)
 
   components = [example_gen, statistics_gen, schema_gen, example_validator, trainer]
   baseline = None

@@ -43,6 +43,9 @@ class CheckpointingTrainerSpec(types.ComponentSpec):
       "eval_every": ExecutionParameter(type=int, optional=True),
       "seed": ExecutionParameter(type=int, optional=True),
       "hyperparameters": ExecutionParameter(type=str, optional=True),  # JSON
+      "distribution": ExecutionParameter(type=str, optional=True),
+      "replicas": ExecutionParameter(type=int, optional=True),
+      "workers": ExecutionParameter(type=int, optional=True),
   }
   INPUTS = {
       executor.EXAMPLES_KEY: ChannelParameter(type=standard_artifacts.Examples),
@@ -67,7 +70,11 @@ class CheckpointingTrainer(base_component.BaseComponent):
                keep_last: int = 0, keep_best: int = 0, best_metric: str = "loss",
                best_mode: str = "min", keep_every: int = 0, warm_start: str = "none",
                async_checkpoint: bool = False, eval_every: int = 0, seed: int = 0,
-               hyperparameters: Mapping[str, Any] | None = None):
+               hyperparameters: Mapping[str, Any] | None = None,
+               distribution: str = "none", replicas: int = 1, workers: int = 1):
+    if distribution not in ("none", "mirrored", "multi_worker"):
+      raise ValueError("CheckpointingTrainer: distribution must be 'none', 'mirrored' or "
+                       f"'multi_worker'. Received: {distribution!r}")
     if style not in ("loop", "fit"):
       raise ValueError(f"CheckpointingTrainer: style must be 'loop' or 'fit'. Received: {style!r}")
     if not feature_keys:
@@ -90,6 +97,7 @@ class CheckpointingTrainer(base_component.BaseComponent):
         best_mode=best_mode, keep_every=keep_every, warm_start=warm_start,
         async_checkpoint=int(async_checkpoint), eval_every=eval_every, seed=seed,
         hyperparameters=json.dumps(dict(hyperparameters or {}), sort_keys=True),
+        distribution=distribution, replicas=replicas, workers=workers,
         model=types.Channel(type=standard_artifacts.Model),
         model_run=types.Channel(type=standard_artifacts.ModelRun),
         **self._target_spec_args())

@@ -19,6 +19,25 @@ int64 tensor of shape [batch, 1]. It returns a mapping of scalar metrics;
 "loss" is required. Randomness must come from `spec.rng` (a
 `tf.random.Generator` that the Trainer checkpoints), so a resumed run draws
 the same numbers an uninterrupted one would.
+
+Under a distribution strategy (`[training] distribution`), the Trainer
+calls `build_training` inside the strategy's scope and runs `train_step`
+on every replica, each with its slice of the global batch
+(`spec.global_batch_size / spec.num_replicas` examples). Then:
+
+* scale the loss for gradients by the global batch:
+  `tf.nn.compute_average_loss(per_example_loss,
+  global_batch_size=spec.global_batch_size)` (the optimizers sum the
+  replicas' gradients);
+* return metrics as this replica's means; the Trainer averages them over
+  the replicas;
+* give every extra variable an aggregation, or its replicas' copies
+  silently diverge and only the first is saved (the Trainer refuses a
+  variable with aggregation NONE): update it from values all replicas share
+  (`tf.distribute.get_replica_context().all_reduce`) with
+  `aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA`.
+
+`pipeline/model.py` does all three, and runs unchanged without a strategy.
 """
 
 from __future__ import annotations
@@ -38,6 +57,8 @@ class TrainingSpec:
   hyperparameters: Mapping[str, Any]
   seed: int
   rng: tf.random.Generator
+  global_batch_size: int = 0  # examples per step over all replicas (0: unknown)
+  num_replicas: int = 1  # replicas in sync (tf.distribute), 1 without a strategy
 
 
 @dataclasses.dataclass(frozen=True)

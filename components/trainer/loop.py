@@ -25,17 +25,29 @@ Guarantees:
   ABANDONED) one whose files fail their checksum or do not restore.
 * On SIGTERM/SIGINT the loop saves and registers at the next step boundary,
   then raises `TrainingInterrupted`.
+
+Under a distribution strategy (a `distribution.Cluster`), every worker runs
+this loop in step: each takes its save and stop decisions from values agreed
+by an all-reduce (the chief's clock decides time-based saves; a signal on
+any worker stops all), so all save at the same step. The chief's
+`Checkpointer` publishes and registers; the others write the same
+checkpoint into a temporary directory they delete (a save is a collective
+for some variables). Resume: the chief picks the checkpoint, the others
+restore the one it names, and all agree that every worker succeeded.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import json
 import logging
 import math
 import os
 import shutil
+import signal
 import sys
+import tempfile
 import time
 from typing import Callable, Mapping, Protocol, Sequence
 
@@ -45,6 +57,7 @@ from ckptflow.components.checkpoint import CheckpointRecord, NewCheckpoint
 from ckptflow.components.trainer import checkpoint_files
 from ckptflow.components.trainer import policies
 from ckptflow.components.trainer.contract import TrainingSetup, default_eval_step
+from ckptflow.components.trainer.distribution import Cluster
 from ckptflow.base.errors import CheckpointError
 from ckptflow.base.faults import fault_point
 
@@ -115,8 +128,13 @@ class Checkpointer:
   """
 
   def __init__(self, state: tf.train.Checkpoint, *, checkpoint_dir: str,
-               fingerprint: str, resume_key: str, sink: CheckpointSink,
-               retention: policies.RetentionPolicy, async_checkpoint: bool = False):
+               fingerprint: str, resume_key: str, sink: CheckpointSink | None,
+               retention: policies.RetentionPolicy, async_checkpoint: bool = False,
+               cluster: Cluster | None = None, properties: Mapping[str, int] | None = None):
+    """`sink` None: a non-chief worker's checkpointer, which writes each
+    checkpoint into a temporary directory and deletes it (it takes part in
+    the save's collectives; the chief's copy is the one kept). `properties`:
+    extra integer properties of every registered checkpoint (replicas)."""
     self._state = state
     self._checkpoint_dir = checkpoint_dir
     self._fingerprint = fingerprint
@@ -124,13 +142,21 @@ class Checkpointer:
     self._sink = sink
     self._retention = retention
     self._async = async_checkpoint
+    self._cluster = cluster
+    self._properties = dict(properties or {})
+    self._scratch = None if sink is not None else tempfile.mkdtemp(prefix="ckptflow-worker-")
     # One worker finishes checkpoints in order: wait for the write, verify,
     # hash, publish, register, prune. Sync saving runs the same code inline.
     self._finisher = concurrent.futures.ThreadPoolExecutor(
         max_workers=1, thread_name_prefix="checkpoint-finisher")
     self._pending: list[concurrent.futures.Future] = []
     self.registered: list[CheckpointRecord] = []
-    os.makedirs(checkpoint_dir, exist_ok=True)
+    if sink is not None:
+      os.makedirs(checkpoint_dir, exist_ok=True)
+
+  @property
+  def is_chief(self) -> bool:
+    return self._sink is not None
 
   @property
   def state(self) -> tf.train.Checkpoint:
@@ -152,16 +178,64 @@ class Checkpointer:
     return True
 
   def resume(self) -> CheckpointRecord | None:
-    """Restores the newest intact checkpoint of an unfinished earlier run."""
-    for record in self._sink.resume_candidates():
-      if self.restore_from(record, "resumed_from"):
-        _log.info("resumed from checkpoint %d at step %d", record.id, record.step)
-        return record
-    return None
+    """Restores the newest intact checkpoint of an unfinished earlier run.
 
-  def warm_start(self, record: CheckpointRecord, model: tf.keras.Model) -> None:
+    Under a cluster the chief picks and restores it, then hands its uri to
+    the other workers, which restore it too; all then agree that every
+    worker succeeded (CheckpointError otherwise). Non-chiefs return None:
+    the record is the chief's to report."""
+    record = None
+    if self.is_chief:
+      for candidate in self._sink.resume_candidates():
+        if self.restore_from(candidate, "resumed_from"):
+          _log.info("resumed from checkpoint %d at step %d", candidate.id, candidate.step)
+          record = candidate
+          break
+    if self._cluster is not None:
+      self._restore_shared("resume", record)
+    return record
+
+  def _restore_shared(self, key: str, record: CheckpointRecord | None,
+                      weights_of: tf.keras.Model | None = None) -> None:
+    """The chief's choice of `record` restored on every worker."""
+    cluster = self._cluster
+    plan = json.loads(cluster.share(
+        f"ckptflow/{key}",
+        json.dumps(None if record is None else {"uri": record.uri, "id": record.id,
+                                                "checksum": record.checksum})
+        if self.is_chief else None))
+    ok, problem = 1.0, ""
+    if plan is not None and not self.is_chief:
+      try:
+        checkpoint_files.verify_against_record(plan["uri"], plan["checksum"])
+        target = tf.train.Checkpoint(model=weights_of) if weights_of else self._state
+        status = target.read(checkpoint_files.prefix(plan["uri"]))
+        if weights_of:
+          status.expect_partial()
+        else:
+          status.assert_existing_objects_matched()
+      except (CheckpointError, tf.errors.OpError, AssertionError, ValueError) as e:
+        ok, problem = 0.0, str(e).splitlines()[0]
+        _log.error("worker %d could not restore checkpoint %s: %s",
+                   cluster.worker_index, plan["id"], problem)
+    [restored] = cluster.agree([ok])
+    if restored < cluster.num_workers:
+      raise CheckpointError(
+          f"{cluster.num_workers - int(restored)} worker(s) could not restore checkpoint "
+          f"{plan['id']} ({plan['uri']}){': ' + problem if problem else ''}")
+
+  def warm_start(self, record: CheckpointRecord | None, model: tf.keras.Model) -> None:
     """Loads `model`'s weights (not optimizers, step or data position) from
-    `record`, and records it as an input of this run."""
+    `record`, and records it as an input of this run. Under a cluster the
+    chief passes the record, the others None (they load the chief's)."""
+    if self._cluster is not None:
+      if self.is_chief:
+        self._warm_start_local(record, model)
+      self._restore_shared("warm_start", record, weights_of=model)
+      return
+    self._warm_start_local(record, model)
+
+  def _warm_start_local(self, record: CheckpointRecord, model: tf.keras.Model) -> None:
     _log.info("warm start from checkpoint %d (step %d)", record.id, record.step)
     checkpoint_files.verify_against_record(record.uri, record.checksum)
     weights_only = tf.train.Checkpoint(model=model)
@@ -179,6 +253,12 @@ class Checkpointer:
     # before the next write starts, so an async run killed at any moment
     # loses at most two intervals (one for sync saving).
     self.wait()
+    if not self.is_chief:
+      # Written for the collectives, then thrown away: the chief's is kept.
+      scratch = os.path.join(self._scratch, f"step-{step}")
+      self._state.write(checkpoint_files.prefix(scratch))
+      shutil.rmtree(scratch, ignore_errors=True)
+      return
     staged = checkpoint_files.staging_dir(self._checkpoint_dir, step)
     if os.path.exists(staged):
       shutil.rmtree(staged)
@@ -198,6 +278,8 @@ class Checkpointer:
 
   def close(self) -> None:
     self._finisher.shutdown(wait=True)
+    if self._scratch:
+      shutil.rmtree(self._scratch, ignore_errors=True)
 
   def _finish(self, step: int, epoch: int, metrics: Mapping[str, float],
               staged: str) -> CheckpointRecord:
@@ -211,7 +293,8 @@ class Checkpointer:
     record = self._sink.register(NewCheckpoint(
         uri=final, step=step, epoch=epoch, metrics=metrics, size_bytes=size,
         checksum=checksum, tf_version=tf.__version__,
-        fingerprint=self._fingerprint, resume_key=self._resume_key))
+        fingerprint=self._fingerprint, resume_key=self._resume_key,
+        **self._properties))
     self.registered.append(record)
     self._prune()
     return record
@@ -241,8 +324,12 @@ class TrainingLoop:
                retention: policies.RetentionPolicy, sink: CheckpointSink,
                signal_policy: policies.OnSignal | None = None,
                summary_dir: str | None = None,
-               progress: Callable[[str], None] | None = None):
+               progress: Callable[[str], None] | None = None,
+               cluster: Cluster | None = None):
+    """`cluster`: train under its strategy (`setup` built in its scope);
+    `sink` is then the chief's, None on the other workers."""
     self._setup = setup
+    self._cluster = cluster
     self._settings = settings
     self._save_policy = save_policy
     self._signal_policy = signal_policy
@@ -260,8 +347,12 @@ class TrainingLoop:
     self.checkpointer = Checkpointer(
         state, checkpoint_dir=settings.checkpoint_dir, fingerprint=settings.fingerprint,
         resume_key=settings.resume_key, sink=sink, retention=retention,
-        async_checkpoint=settings.async_checkpoint)
-    self._train_step = tf.function(setup.train_step)
+        async_checkpoint=settings.async_checkpoint, cluster=cluster,
+        properties={"replicas": cluster.num_replicas if cluster else 1})
+    if cluster is None:
+      self._train_step = tf.function(setup.train_step)
+    else:
+      self._train_step = cluster.step_function(setup.train_step)
     self._eval_step = tf.function(setup.eval_step or default_eval_step(setup.model))
     self._summary = tf.summary.create_file_writer(summary_dir) if summary_dir else None
     self._last_eval: dict[str, float] = {}
@@ -290,10 +381,12 @@ class TrainingLoop:
     try:
       while step < settings.train_steps:
         features, labels = next(self._iterator)
-        step_metrics = self._train_step(features, labels)
+        if self._cluster is None:
+          metrics = {k: float(v) for k, v in self._train_step(features, labels).items()}
+        else:
+          metrics = self._cluster.mean(self._train_step(*self._cluster.split(features, labels)))
         step = int(self._step.assign_add(1).numpy())
         fault_point("train-step")
-        metrics = {k: float(v) for k, v in step_metrics.items()}
         if not all(math.isfinite(v) for v in metrics.values()):
           raise FloatingPointError(f"training diverged at step {step}: {metrics}")
         if settings.eval_every and step % settings.eval_every == 0:
@@ -303,18 +396,19 @@ class TrainingLoop:
             step=step, epoch=(step - 1) // steps_per_epoch,
             epoch_ended=step % steps_per_epoch == 0, now=time.monotonic(),
             last_saved_step=last_saved_step, last_saved_time=last_saved_time)
-        if step == settings.train_steps or self._save_policy.should_save(progress):
+        save, stop = self._decide(step, progress)
+        if save:
           checkpointer.save(step, progress.epoch, metrics | self._last_eval)
           last_saved_step, last_saved_time = step, time.monotonic()
         if step % settings.log_every == 0 or step == settings.train_steps:
           rate = (step - start_step) / max(1e-9, time.monotonic() - start_time)
           self._progress(f"step {step}/{settings.train_steps} loss={metrics.get('loss', 0):.4f} "
                          f"{rate:.1f} steps/s, last checkpoint at step {last_saved_step}")
-        if self._signal_policy and self._signal_policy.received is not None:
+        if stop is not None:
           if last_saved_step != step:
             checkpointer.save(step, progress.epoch, metrics | self._last_eval)
           checkpointer.wait()
-          raise TrainingInterrupted(self._signal_policy.received, step)
+          raise TrainingInterrupted(stop, step)
       checkpointer.wait()
     finally:
       if self._signal_policy:
@@ -327,6 +421,27 @@ class TrainingLoop:
     return LoopResult(final_step=step, resumed_from=resumed_from,
                       checkpoints=list(registered), final_checkpoint=final,
                       metrics=metrics | self._last_eval)
+
+  def _decide(self, step: int, progress: policies.Progress) -> tuple[bool, int | None]:
+    """(save after this step?, the signal that asks to stop, or None).
+
+    Under a cluster both are agreed by an all-reduce, so every worker acts
+    alike at this step: the chief's save policy decides (its clock for
+    time-based saves), and a signal on any worker stops them all."""
+    save = step == self._settings.train_steps or self._save_policy.should_save(progress)
+    received = self._signal_policy.received if self._signal_policy else None
+    if self._cluster is None:
+      return save, received
+    chief_save = float(save) if self._cluster.is_chief else 0.0
+    agreed_save, agreed_signal = self._cluster.agree([chief_save, float(received or 0)])
+    stop = None
+    if agreed_signal:
+      # The signal a worker received (one of SIGTERM/SIGINT; if several
+      # workers got different ones, their sum names none: use SIGTERM).
+      stop = received or int(agreed_signal)
+      if stop not in (signal.SIGTERM, signal.SIGINT):
+        stop = signal.SIGTERM
+    return step == self._settings.train_steps or agreed_save > 0, stop
 
   def _evaluate(self, step: int) -> None:
     if self._eval_batches is None:
