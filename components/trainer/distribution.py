@@ -25,7 +25,7 @@ What the loop needs from the strategy, and how each is done:
   the others through the coordination service's key-value store (which
   checkpoint to restore).
 
-Guarantees: `agree`, `mean` and every train step are collectives; all
+Guarantees: `agree` and every train step are collectives; all
 workers must call them in the same order, which the loop does by taking
 every decision from agreed values only.
 """
@@ -116,10 +116,29 @@ class Cluster:
 
     return distributed
 
-  def mean(self, per_replica: Mapping[str, object]) -> dict[str, float]:
-    """Each metric averaged over the replicas (a collective)."""
-    return {k: float(self.strategy.reduce(tf.distribute.ReduceOp.MEAN, v, axis=None))
-            for k, v in per_replica.items()}
+  def train_function(self, train_step: Callable) -> Callable[..., dict[str, float]]:
+    """`train_step` (per replica, returns scalar metrics) as one
+    `tf.function` over every replica that returns each metric averaged over
+    the replicas. The metrics travel as one vector in the same graph as the
+    step, so they cost one collective, not one eager reduce per metric."""
+    strategy = self.strategy
+    names: list[str] = []
+
+    def stacked_step(*args):
+      metrics = train_step(*args)
+      names[:] = sorted(metrics)
+      return tf.stack([tf.cast(tf.reshape(metrics[k], []), tf.float32) for k in names])
+
+    @tf.function
+    def distributed(*args):
+      return strategy.reduce(tf.distribute.ReduceOp.MEAN,
+                             strategy.run(stacked_step, args=args), axis=None)
+
+    def run(*args) -> dict[str, float]:
+      values = distributed(*args).numpy()
+      return dict(zip(names, (float(v) for v in values)))
+
+    return run
 
   def agree(self, values: Sequence[float]) -> list[float]:
     """The sum over every replica of `values` (a collective): each worker

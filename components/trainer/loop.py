@@ -352,7 +352,7 @@ class TrainingLoop:
     if cluster is None:
       self._train_step = tf.function(setup.train_step)
     else:
-      self._train_step = cluster.step_function(setup.train_step)
+      self._train_step = cluster.train_function(setup.train_step)
     self._eval_step = tf.function(setup.eval_step or default_eval_step(setup.model))
     self._summary = tf.summary.create_file_writer(summary_dir) if summary_dir else None
     self._last_eval: dict[str, float] = {}
@@ -384,7 +384,7 @@ class TrainingLoop:
         if self._cluster is None:
           metrics = {k: float(v) for k, v in self._train_step(features, labels).items()}
         else:
-          metrics = self._cluster.mean(self._train_step(*self._cluster.split(features, labels)))
+          metrics = self._train_step(*self._cluster.split(features, labels))
         step = int(self._step.assign_add(1).numpy())
         fault_point("train-step")
         if not all(math.isfinite(v) for v in metrics.values()):
