@@ -12,6 +12,7 @@ leftovers are swept on the next start.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
@@ -91,7 +92,8 @@ def sweep_staging(root: str) -> list[str]:
     for name in list(dirnames):
       if name.endswith(STAGING_SUFFIX):
         path = os.path.join(dirpath, name)
-        shutil.rmtree(path, ignore_errors=True)
+        with contextlib.suppress(OSError):
+          storage.remove_tree(path, (root,))
         removed.append(path)
         dirnames.remove(name)
   if removed:
