@@ -413,3 +413,36 @@ def test_home_with_root_mysql_store_is_found_by_a_plain_checkpoints(tmp_path,
   result = ckptflow("checkpoints", "--home", str(home), env={"CKPTFLOW_METADATA": ""})
   assert result.stdout.startswith("no checkpoints")
   assert not (home / "metadata.sqlite").exists()
+
+
+def test_a_recorded_target_never_holds_the_password():
+  from ckptflow.base import metadata
+  assert metadata.without_password("mysql://u:p%40ss@h:3306/db") == "mysql://u@h:3306/db"
+  assert metadata.without_password("mysql://u@h/db") == "mysql://u@h/db"
+  assert metadata.without_password("/x/m.sqlite") == "/x/m.sqlite"
+  where = Home("/x/home")
+  assert identity.recordable_target("/x/home/metadata.sqlite", where) is None
+  assert identity.recordable_target("mysql://u:p@h:3306/db", where) == "mysql://u@h:3306/db"
+
+
+def test_the_home_s_recorded_store_comes_after_flag_and_environment(tmp_path, monkeypatch):
+  from ckptflow.base import metadata
+  from ckptflow.base.home import HomeIdentity, write_identity
+  home = tmp_path / "home"
+  home.mkdir()
+  monkeypatch.delenv(metadata.METADATA_ENV, raising=False)
+  assert metadata.resolve_target(None, str(home)) == str(home / "metadata.sqlite")
+  write_identity(Home(str(home)), HomeIdentity("abc", "mysql://u@h:3306/db"))
+  assert metadata.resolve_target(None, str(home)) == "mysql://u@h:3306/db"
+  assert metadata.resolve_target("/y.sqlite", str(home)) == "/y.sqlite"
+  monkeypatch.setenv(metadata.METADATA_ENV, "mysql://e@h/db")
+  assert metadata.resolve_target(None, str(home)) == "mysql://e@h/db"
+
+
+def test_a_mysql_password_comes_from_the_target_else_the_environment(monkeypatch):
+  from ckptflow.base import metadata
+  monkeypatch.setenv(metadata.MYSQL_PASSWORD_ENV, "from-env")
+  assert metadata.connection_config("mysql://u@h/db").mysql.password == "from-env"
+  assert metadata.connection_config("mysql://u:given@h/db").mysql.password == "given"
+  monkeypatch.delenv(metadata.MYSQL_PASSWORD_ENV)
+  assert metadata.connection_config("mysql://u@h/db").mysql.password == ""

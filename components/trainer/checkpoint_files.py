@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import shutil
 
 import tensorflow as tf
 
@@ -79,7 +78,7 @@ def publish(staged: str, final: str) -> None:
   if os.path.exists(final):
     # A directory left by an attempt whose registration never happened (the
     # process died between rename and MLMD); it is not in MLMD, replace it.
-    shutil.rmtree(final)
+    storage.remove_tree(final, (os.path.dirname(final),))
   storage.publish_dir(staged, final)
 
 

@@ -35,7 +35,6 @@ import dataclasses
 import logging
 import math
 import os
-import shutil
 import sys
 import time
 from typing import Callable, Mapping, Protocol, Sequence
@@ -189,8 +188,7 @@ class Checkpointer:
     # loses at most two intervals (one for sync saving).
     self.wait()
     staged = checkpoint_files.staging_dir(self._checkpoint_dir, step)
-    if os.path.exists(staged):
-      shutil.rmtree(staged)
+    storage.remove_tree(staged, self._roots)  # a killed attempt's leftover
     options = tf.train.CheckpointOptions(enable_async=self._async)
     self._state.write(checkpoint_files.prefix(staged), options=options)
     fault_point("checkpoint-write")
