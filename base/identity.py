@@ -135,6 +135,13 @@ def origin_of(uris: Iterable[str]) -> str | None:
   return homes.pop() if len(homes) == 1 else None
 
 
+def _same_place(recorded: str, home: str) -> bool:
+  """Whether the recorded home is `home` (one directory reached through a
+  symlink counts as the same, while the recorded one still exists)."""
+  return (os.path.abspath(recorded) == home
+          or (os.path.exists(recorded) and os.path.realpath(recorded) == os.path.realpath(home)))
+
+
 def _moved_message(where: Home, old_home: str, target: str, why: str) -> str:
   how = "copied" if os.path.isdir(old_home) else "moved"
   return (f"home {where.home!r} was {how} from {old_home!r}: {why}. Nothing was "
@@ -166,7 +173,7 @@ def check(store: Store, target: str, where: Home, *, adopt: bool = False
           f"Expected its own store: pass --metadata {metadata.describe(expected)} "
           "(or no --metadata)")
     [registration] = matches[:1]
-    if os.path.abspath(registration.home) != where.home:
+    if not _same_place(registration.home, where.home):
       raise HomeMismatchError(_moved_message(
           where, registration.home, target,
           f"its metadata store records the files of {registration.home!r}"))
@@ -175,7 +182,7 @@ def check(store: Store, target: str, where: Home, *, adopt: bool = False
                        serving_roots=[*registration.serving_roots, where.serving_root])
     return registration
 
-  own = [r for r in known if os.path.abspath(r.home) == where.home]
+  own = [r for r in known if _same_place(r.home, where.home)]
   if own:  # registered, but the identity file is gone: write it again
     if adopt:
       write_identity(where, HomeIdentity(own[0].id, recordable_target(target, where)))

@@ -141,8 +141,8 @@ def checkpoint_digest(directory: str) -> tuple[int, str]:
 
 
 def _under(path: str, root: str) -> bool:
-  path, root = os.path.abspath(path), os.path.abspath(root)
-  return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
+  # Symlinks resolved: a home reached through a link is the same home.
+  return storage.within_roots(path, [root])
 
 
 # --- checks ------------------------------------------------------------------
@@ -170,14 +170,14 @@ def _check_checkpoints(store, where: Home, verify_checksums: bool) -> list[Findi
   records = [r for r in ckpt_records.list_checkpoints(store) if _under(r.uri, where.home)]
   by_uri: dict[str, list[ckpt_records.CheckpointRecord]] = {}
   for record in records:
-    by_uri.setdefault(os.path.abspath(record.uri), []).append(record)
+    by_uri.setdefault(os.path.realpath(record.uri), []).append(record)
   finals, staging = _checkpoint_dirs(where.checkpoint_roots())
   for path in staging:
     findings.append(Finding(
         "checkpoint-staging", path, "unfinished checkpoint write (its writer died)",
         "deleted"))
   for path in finals:
-    owners = by_uri.get(path, [])
+    owners = by_uri.get(os.path.realpath(path), [])
     if not owners:
       findings.append(Finding(
           "checkpoint-orphan", path, "checkpoint directory has no Checkpoint "
@@ -218,13 +218,13 @@ def _check_exports(store, where: Home) -> list[Finding]:
   if not exports:
     return []
   models = store.get_artifacts_by_type("Model")
-  recorded = {os.path.abspath(m.uri) for m in models}
+  recorded = {os.path.realpath(m.uri) for m in models if m.uri}
   findings = []
   for path in exports:
     if path.endswith(CHECKPOINT_STAGING_SUFFIX):
       findings.append(Finding("export-staging", path,
                               "unfinished export (its process died)", "deleted"))
-    elif path not in recorded:
+    elif os.path.realpath(path) not in recorded:
       findings.append(Finding(
           "export-orphan", path, "exported SavedModel has no Model artifact (its "
           "process died before recording it)", "deleted"))

@@ -32,7 +32,8 @@ GLOG_LINE = re.compile(r"^(WARNING: Logging before InitGoogleLogging|[EWIF]\d{4}
 
 def snapshot(root) -> dict[str, str]:
   """sha256 of every file under `root` (and the list of directories): equal
-  snapshots mean byte for byte the same tree. The home lock file is empty
+  snapshots mean byte for byte the same tree (a symlink: where it points).
+  The home lock file is empty
   and opening a store may leave a SQLite journal; both are left out."""
   found = {}
   for dirpath, dirnames, filenames in os.walk(root):
@@ -42,6 +43,9 @@ def snapshot(root) -> dict[str, str]:
       if name == ".ckptflow.lock" or name.endswith("-journal"):
         continue
       path = os.path.join(dirpath, name)
+      if os.path.islink(path):  # e.g. TFMA's link to a baseline model
+        found[os.path.relpath(path, root)] = "link:" + os.readlink(path)
+        continue
       with open(path, "rb") as f:
         found[os.path.relpath(path, root)] = hashlib.sha256(f.read()).hexdigest()
   return found
@@ -446,3 +450,10 @@ def test_a_mysql_password_comes_from_the_target_else_the_environment(monkeypatch
   assert metadata.connection_config("mysql://u:given@h/db").mysql.password == "given"
   monkeypatch.delenv(metadata.MYSQL_PASSWORD_ENV)
   assert metadata.connection_config("mysql://u@h/db").mysql.password == ""
+
+
+def test_the_same_home_through_a_symlink_is_not_a_copy(home, tmp_path):
+  link = tmp_path / "link"
+  link.symlink_to(home.home, target_is_directory=True)
+  result = ckptflow("doctor", "--home", str(link))
+  assert result.returncode == 0, result.stderr
