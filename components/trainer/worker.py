@@ -27,7 +27,6 @@ import argparse
 import json
 import logging
 import os
-import shutil
 import sys
 import tempfile
 import traceback
@@ -100,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _train(job_path: str, cluster) -> int:
-  from ckptflow.base import metadata
+  from ckptflow.base import metadata, storage
   from ckptflow.components.trainer import export, policies
   from ckptflow.components.trainer.job import TrainingJob, pick_warm_start, train
   from ckptflow.components.trainer.registration import MlmdCheckpointSink
@@ -135,7 +134,7 @@ def _train(job_path: str, cluster) -> int:
     try:
       export.export_saved_model(model, os.path.join(scratch, "model"), job.dtypes())
     finally:
-      shutil.rmtree(scratch, ignore_errors=True)
+      storage.remove_tree(scratch, (tempfile.gettempdir(),))
   _log.info("worker %d of %d: trained to step %d", cluster.worker_index,
             cluster.num_workers, result.final_step)
   return 0
