@@ -13,13 +13,14 @@ def run(config: PipelineConfig) -> runner.RunSummary:
   """Validates `config` against its data, then runs the whole pipeline.
 
   Everything that can be checked is checked before anything is written
-  (`runner.preflight`). Before the pipeline starts, and if no other ckptflow
+  (`runner.preflight`, which also infers `num_classes` from the data). Before the pipeline starts, and if no other ckptflow
   command is writing in the home, repairs what killed commands left behind
   (`doctor.recover`).
   """
-  feature_keys = runner.preflight(config)
+  checked = runner.preflight(config)
+  config = checked.config  # with what the preflight inferred (num_classes)
   runner.prepare_home(config)
   metadata.open_store(config.metadata_target)  # reachable, and a real MLMD store
   doctor.recover(config.metadata_target, config.home_layout)
-  runner.execute(config, feature_keys)
+  runner.execute(config, checked.feature_keys)
   return runner.summarize(config)

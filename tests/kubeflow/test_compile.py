@@ -149,8 +149,6 @@ def test_vertex_target_keeps_the_resolver_nodes(penguins_dir):
 @pytest.mark.parametrize("flags, env, expected", [
     ([], {"CKPTFLOW_IMAGE": ""}, "no container image: pass --image IMAGE"),
     (["--image", "Not An Image"], {}, "image 'Not An Image' is not a container image"),
-    (["--image", "registry.example.com/ckptflow:1"], {},
-     "compile needs the feature columns: pass --data DIR"),
     (["--image", "registry.example.com/ckptflow:1", "--features", "a,b",
       "--env", "CKPTFLOW_METADATA=mysql://root:s3cret@db:3306/mlmd"], {},
      "CKPTFLOW_METADATA=mysql://root:***@db:3306/mlmd holds a password"),
