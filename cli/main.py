@@ -3,7 +3,9 @@
 Every subcommand takes `--home DIR` (default $CKPTFLOW_HOME, else
 ./ckptflow_home). Listing commands take `--json`: one JSON document on
 stdout, logs on stderr. An error the user can fix prints one line
-(`ckptflow: error: ...`) and exits 2.
+(`ckptflow: error: ...`) and exits 2; a run stopped by SIGINT or SIGTERM
+prints one such line too (the step it saved, the command that resumes)
+and exits 130 or 143.
 
 Commands that only read or write metadata import neither TensorFlow nor TFX:
 they are imported inside the handlers that need them.

@@ -107,17 +107,18 @@ def read(module: str) -> ModuleDeclarations:
       declaration is not a literal of the expected shape.
   """
   path = source_path(module)
+  where = "" if module == path else f"({path}) "
   try:
     with open(path, "rb") as f:
       text = f.read().decode("utf-8")
   except UnicodeDecodeError as e:
-    raise _fail(module, f"({path}) is not UTF-8 text (byte {e.start})") from e
+    raise _fail(module, f"{where}is not UTF-8 text (byte {e.start})") from e
   except OSError as e:
-    raise _fail(module, f"({path}) cannot be read: {e.strerror}") from e
+    raise _fail(module, f"{where}cannot be read: {e.strerror}") from e
   try:
     tree = ast.parse(text, filename=path)
   except SyntaxError as e:
-    raise _fail(module, f"({path}) has a syntax error at line {e.lineno}: {e.msg}") from e
+    raise _fail(module, f"{where}has a syntax error at line {e.lineno}: {e.msg}") from e
   functions: set[str] = set()
   values: dict[str, Any] = {}
   for node in tree.body:
