@@ -112,16 +112,18 @@ def prepare_home(config: PipelineConfig) -> None:
 
 def check_module(config: PipelineConfig) -> declarations.ModuleDeclarations:
   """Checks the model module against the config without running it: it
-  exists and parses, defines what `training.style` calls, and (where it
-  declares them) accepts the config's hyperparameters, has the metric
-  `best_metric` names and offers `evaluation.metric`. Imports neither
-  TensorFlow nor the module itself (`components/trainer/declarations.py`).
+  exists and parses, the packages it imports are installed, it defines
+  what `training.style` calls, and (where it declares them) accepts the
+  config's hyperparameters, has the metric `best_metric` names and offers
+  `evaluation.metric`. Imports neither TensorFlow nor the module itself
+  (`components/trainer/declarations.py`).
 
   Raises:
     ConfigError: naming the setting, the value and what was expected.
   """
   training = config.training
   declared = declarations.read(training.module)
+  declarations.check_imports(declared)
   declarations.check_entry_point(declared, training.style)
   declarations.check_hyperparameters(declared, training.hyperparameters)
   if training.keep_best or training.warm_start == "best":

@@ -402,6 +402,10 @@ CASES = [
          run_with_module("def build_training(spec):\n  return (\n")),
     Case("module-not-utf8", "is not UTF-8 text (byte 2)",
          run_with_module(b"# \xff\ndef build_training(spec):\n  pass\n")),
+    Case("module-imports-a-missing-package", "imports 'no_such_package' (line 2), which "
+         "is not installed",
+         run_with_module("import os\nfrom no_such_package.layers import Dense\n"
+                         "def build_training(spec):\n  pass\n")),
     Case("module-without-build-training", "does not define build_training(spec), which "
          "training.style = 'loop' calls", run_with_module("def build(spec):\n  pass\n")),
     Case("module-for-the-other-style", "does not define build_keras_model(spec), which "

@@ -4,7 +4,8 @@ A run checks its model module before anything is written, and before
 TensorFlow is imported (importing it costs seconds, and the module itself
 usually imports it). So the module's source is parsed, not executed:
 
-* it must exist, be UTF-8 text and parse as Python;
+* it must exist, be UTF-8 text and parse as Python, and every package it
+  imports at its top level must be installed;
 * it must define the function its training style calls
   (`build_training` for "loop", `build_keras_model` for "fit"; see
   `contract.py`), as a top-level `def` or an imported name;
@@ -58,6 +59,7 @@ class ModuleDeclarations:
   module: str
   path: str
   functions: frozenset[str]
+  imports: tuple[tuple[str, int], ...] = ()  # (top-level package, line)
   hyperparameters: Mapping[str, Any] | None = None
   metrics: Mapping[str, tuple[str, ...]] | None = None
   eval_metrics: tuple[str, ...] = DEFAULT_EVAL_METRICS
@@ -121,7 +123,12 @@ def read(module: str) -> ModuleDeclarations:
     raise _fail(module, f"{where}has a syntax error at line {e.lineno}: {e.msg}") from e
   functions: set[str] = set()
   values: dict[str, Any] = {}
+  imports: list[tuple[str, int]] = []
   for node in tree.body:
+    if isinstance(node, ast.Import):
+      imports += [(alias.name.split(".")[0], node.lineno) for alias in node.names]
+    elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+      imports.append((node.module.split(".")[0], node.lineno))
     if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
       functions.add(node.name)
     elif isinstance(node, (ast.Import, ast.ImportFrom)):
@@ -142,7 +149,7 @@ def read(module: str) -> ModuleDeclarations:
                           f"literal (line {node.lineno}). Expected a dict or tuple of "
                           "plain values") from e
   return ModuleDeclarations(
-      module=module, path=path, functions=frozenset(functions),
+      module=module, path=path, functions=frozenset(functions), imports=tuple(imports),
       hyperparameters=_mapping(module, values, "HYPERPARAMETERS"),
       metrics=_metrics(module, values),
       eval_metrics=_names(module, values, "EVAL_METRICS") or DEFAULT_EVAL_METRICS,
@@ -249,6 +256,26 @@ def check_hyperparameters(declared: ModuleDeclarations,
       raise ConfigError(
           f"config: training.hyperparameters.{key} is invalid. Received: {value!r}. "
           "Expected a finite number")
+
+
+def check_imports(declared: ModuleDeclarations) -> None:
+  """Every package the module imports at its top level is installed
+  (found, not imported: finding a top-level package runs none of its code).
+
+  Raises:
+    ConfigError: naming the package and the line that imports it.
+  """
+  for package, line in declared.imports:
+    if package == "__future__":
+      continue
+    try:
+      found = importlib.util.find_spec(package) is not None
+    except (ImportError, ValueError):
+      found = False
+    if not found:
+      raise _fail(declared.module, f"imports {package!r} (line {line}), which is not "
+                  "installed. Expected an installed package (pip install it, or fix "
+                  "the import)")
 
 
 def check_entry_point(declared: ModuleDeclarations, style: str) -> None:

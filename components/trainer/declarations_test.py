@@ -84,3 +84,15 @@ def test_a_none_default_accepts_any_value(tmp_path):
 def test_malformed_declarations_are_refused(tmp_path, text, expected):
   with pytest.raises(ConfigError, match=expected):
     declarations.read(write_module(tmp_path, text))
+
+
+def test_imports_of_installed_packages_pass_and_a_missing_one_is_named(tmp_path):
+  declared = declarations.read(write_module(
+      tmp_path, "from __future__ import annotations\nimport json\nimport os.path\n"
+      "from . import sibling\nimport not_installed_pkg.sub\n"))
+  assert ("not_installed_pkg", 5) in declared.imports
+  assert all(name != "" for name, _ in declared.imports)  # relative imports skipped
+  with pytest.raises(ConfigError, match=r"imports 'not_installed_pkg' \(line 5\), which "
+                     "is not installed"):
+    declarations.check_imports(declared)
+  declarations.check_imports(declarations.read("ckptflow.pipeline.model"))
