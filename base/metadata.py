@@ -324,6 +324,9 @@ def _why_mysql_failed(mysql: metadata_store_pb2.MySQLDatabaseConfig, error: str)
     if code in _MYSQL_ERRORS:
       return f"MySQL error {code} at {where}: " + _MYSQL_ERRORS[code].format(
           user=mysql.user, database=mysql.database)
+    if code is None:  # PyMySQL's own protocol errors carry no code
+      return (f"the service at {where} is not a MySQL server (its answer is not "
+              f"the MySQL protocol: {e}). Expected a MySQL/MariaDB server on that port")
     detail = e.args[1] if len(e.args) > 1 else str(e)
     return f"MySQL error {code} at {where}: {detail}"
   return (f"the server at {where} accepts user {mysql.user!r}, but MLMD's MySQL "

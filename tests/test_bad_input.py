@@ -17,6 +17,7 @@ import pathlib
 import shutil
 import socket
 import subprocess
+import threading
 import uuid
 
 import pytest
@@ -216,6 +217,34 @@ def unreachable_mysql_from_environment(tmp_path, toy):
   return args, roots, {"CKPTFLOW_METADATA": target}
 
 
+def not_a_mysql_server(answer: bytes):
+  """A case whose metadata target is a real TCP server on 127.0.0.1 that
+  accepts connections, sends `answer` instead of a MySQL greeting (as
+  another service on a mistyped port would), and closes them."""
+  return lambda tmp_path, toy: _serve_and_run(answer, tmp_path, toy)
+
+
+def _serve_and_run(answer: bytes, tmp_path, toy):
+  server = socket.socket()
+  server.bind(("127.0.0.1", 0))
+  server.listen(8)
+
+  def serve():
+    while True:
+      try:
+        connection, _ = server.accept()
+      except OSError:
+        return
+      if answer:
+        connection.sendall(answer)
+      connection.close()
+
+  threading.Thread(target=serve, daemon=True).start()
+  port = server.getsockname()[1]
+  return run_on_new_home("--metadata", f"mysql://root@127.0.0.1:{port}/ckptflow")(
+      tmp_path, toy)
+
+
 def unknown_metadata_scheme(tmp_path, toy):
   return ["checkpoints", "--home", str(toy.home), "--metadata", "postgres://x/y"], [], {}
 
@@ -349,6 +378,10 @@ CASES = [
          run_on_new_home("--metadata", f"mysql://root@{MYSQL_HOST}:{MYSQL_PORT}/ml-md")),
     Case("mysql-database-name-digits-only", "database name '2024' is not valid",
          on_toy("checkpoints", "--metadata", f"mysql://root@{MYSQL_HOST}:{MYSQL_PORT}/2024")),
+    Case("mysql-port-that-closes-at-once", "MySQL error 2013 at 127.0.0.1:",
+         not_a_mysql_server(b"")),
+    Case("mysql-port-of-another-service", "is not a MySQL server (its answer is not the "
+         "MySQL protocol", not_a_mysql_server(b"HTTP/1.0 400 Bad Request\r\n\r\n")),
     Case("mysql-unknown-host", "MySQL error 2005: unknown MySQL server host "
          "'no-such-host.invalid'",
          run_on_new_home("--metadata", "mysql://root@no-such-host.invalid:3306/ckptflow")),
