@@ -22,7 +22,9 @@ with the TF_CONFIG they set.
   at one agreed step and exit interrupted.
 
 Workers are killed if the executor dies (PR_SET_PDEATHSIG), so a killed
-run leaves no training process behind.
+run leaves no training process behind. Their temporary files (a non-chief's
+checkpoint copies) go to one directory per group (TMPDIR), removed when the
+group ends, so a killed worker leaves none behind either.
 
 Imports no TensorFlow.
 """
@@ -37,10 +39,12 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from typing import Mapping, Sequence
 
+from ckptflow.base import storage
 from ckptflow.base.errors import CkptflowError
 
 WORKER_MODULE = "ckptflow.components.trainer.worker"
@@ -108,6 +112,7 @@ class WorkerGroup:
     self._poll = poll_seconds
     self._procs: list[subprocess.Popen] = []
     self._forwarded: int | None = None
+    self._scratch: str | None = None
 
   @property
   def pids(self) -> list[int]:
@@ -118,10 +123,12 @@ class WorkerGroup:
 
   def start(self) -> "WorkerGroup":
     ports = free_ports(self._count) if self._kind == "multi_worker" else []
+    self._scratch = tempfile.mkdtemp(prefix="ckptflow-workers-")
     fault_worker = self._env.get(FAULT_WORKER_ENV)
     for index in range(self._count):
       env = dict(self._env)
       env.setdefault("TF_USE_LEGACY_KERAS", "1")
+      env["TMPDIR"] = self._scratch
       if self._kind == "multi_worker":
         env["TF_CONFIG"] = tf_config(ports, index)
       else:
@@ -163,12 +170,16 @@ class WorkerGroup:
       self.kill()
 
   def kill(self) -> None:
-    """SIGKILLs every worker still running and reaps them."""
+    """SIGKILLs every worker still running, reaps them, and removes their
+    temporary directory."""
     for p in self._procs:
       if p.poll() is None:
         p.kill()
     for p in self._procs:
       p.wait()
+    if self._scratch:
+      storage.remove_tree(self._scratch, (tempfile.gettempdir(),))
+      self._scratch = None
 
   def _fail(self, failed: Sequence[int], codes: Sequence[int | None]) -> None:
     # The lost worker is the one that did not merely notice a lost peer.

@@ -23,6 +23,8 @@ job, _, error_file = sys.argv[1:4]
 index = json.loads(os.environ.get("TF_CONFIG", '{"task": {"index": 0}}'))["task"]["index"]
 plan = json.load(open(job))[str(index)]
 open(f"{job}.{index}.pid", "w").write(str(os.getpid()))
+open(f"{job}.{index}.tmpdir", "w").write(os.environ["TMPDIR"])
+open(os.path.join(os.environ["TMPDIR"], f"scratch-{index}"), "w").write("x")
 stop = []
 signal.signal(signal.SIGTERM, lambda s, f: stop.append(s))
 if plan == "kill-self":
@@ -58,6 +60,10 @@ def test_a_killed_worker_is_named_and_the_others_are_stopped_at_once(tmp_path):
   for pid in g.pids:
     with pytest.raises(ProcessLookupError):
       os.kill(pid, 0)
+  # Their temporary files went with them: one directory for the group.
+  [scratch] = {(tmp_path / f"job.json.{i}.tmpdir").read_text() for i in range(3)
+               if (tmp_path / f"job.json.{i}.tmpdir").exists()}
+  assert not os.path.exists(scratch)
 
 
 def test_a_worker_that_only_lost_its_peer_is_not_the_one_named(tmp_path):
