@@ -30,6 +30,7 @@ import contextlib
 import errno
 import fcntl
 import os
+import shutil
 import secrets
 from typing import IO, Callable, Iterator, Mapping, Union
 
@@ -305,6 +306,45 @@ def check_creatable_dir(path: str, what: str) -> str:
   return path
 
 
+def is_within(path: str, roots) -> bool:
+  """True if `path`, with symlinks resolved, is one of `roots` or under one
+  (each resolved too). What a command that deletes checks first: it never
+  touches anything outside the roots it was given."""
+  real = os.path.realpath(path)
+  for root in roots:
+    base = os.path.realpath(root)
+    if real == base or real.startswith(base.rstrip(os.sep) + os.sep):
+      return True
+  return False
+
+
+def tree_size(path: str) -> int:
+  """Bytes in the files under `path` (a file: its size; symlinks not
+  followed, counted as 0); 0 if it does not exist."""
+  if os.path.islink(path):
+    return 0
+  if os.path.isfile(path):
+    return os.path.getsize(path)
+  total = 0
+  for folder, _, files in os.walk(path):
+    for name in files:
+      file = os.path.join(folder, name)
+      if not os.path.islink(file):
+        total += os.path.getsize(file)
+  return total
+
+
+def remove_tree(path: str) -> None:
+  """Deletes the directory `path` and everything under it (gone already:
+  nothing to do).
+
+  Raises:
+    OSError: it could not be deleted (what was deleted stays deleted).
+  """
+  if os.path.lexists(path):
+    shutil.rmtree(path)
+
+
 def create_dir(path: str, what: str) -> str:
   """Creates the directory `path` (and its parents) if missing and checks
   this process can write in it; returns it, absolute.
@@ -327,6 +367,6 @@ __all__ = [
     "Content", "NotDurableError", "atomic_write", "atomic_write_all", "check_creatable_dir",
     "create_dir",
     "file_lock",
-    "fsync_dir", "fsync_file", "fsync_tree", "nearest_existing", "publish_dir",
-    "temp_prefix",
+    "fsync_dir", "fsync_file", "fsync_tree", "is_within", "nearest_existing", "publish_dir",
+    "remove_tree", "temp_prefix", "tree_size",
 ]
