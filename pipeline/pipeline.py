@@ -113,6 +113,7 @@ def create_pipeline(config: PipelineConfig, *, feature_keys: tuple[str, ...] | N
       keep_last=training.keep_last, keep_best=training.keep_best,
       best_metric=training.best_metric, best_mode=training.best_mode,
       keep_every=training.keep_every, warm_start=training.warm_start,
+      warm_start_mode=training.warm_start_mode, warm_start_step=training.warm_start_step,
       async_checkpoint=training.async_checkpoint, eval_every=training.eval_every,
       seed=training.seed, hyperparameters=training.hyperparameters)
 
