@@ -98,6 +98,12 @@ def test_history_json_lists_pushes_and_rollbacks_in_order_with_reasons_and_user(
 
   text = ckptflow("history", "penguin", "--home", str(three.home)).stdout
   assert "stable -> version 2 (rollback, was 3)" in text and "latency up" in text
+  # The push's reason in lineage, the rollbacks' in the report.
+  assert "user_reason=third" in ckptflow("lineage", "penguin:3", "--home",
+                                         str(three.home)).stdout
+  ckptflow("report", "--home", str(three.home))
+  page = (three.home / "report" / "index.html").read_text()
+  assert "latency up" in page and "still bad" in page
 
 
 def test_history_at_takes_a_local_time_without_offset(three):
@@ -156,6 +162,8 @@ def test_gc_dry_run_changes_nothing_then_gc_removes_unlabelled_old_versions(tmp_
   entries = history(toy)["history"]
   assert [(e["action"], e["version"]) for e in entries if e["action"] == "gc"] == [
       ("gc", 1), ("gc", 3)]
+  ckptflow("report", "--home", str(toy.home))
+  assert (toy.home / "report" / "index.html").read_text().count("gc&#39;d (DELETED)") == 2
   # The numbers stay reserved: the next push is 6.
   assert push(toy, "v6").version == 6
 
