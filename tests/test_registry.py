@@ -302,3 +302,49 @@ def test_pushes_recorded_by_kfp_are_read_by_promotion_rollback_lineage_and_histo
       ("push", 1), ("push", 2), ("push", 3), ("rollback", 2)]
   config = serving.read_models_config(str(toy.serving))
   assert dict(config["penguin"].labels) == {"stable": 2}
+
+
+def export_of(toy: ToyHome, step: int, protection: str):
+  """A recorded `ckptflow export` of the toy checkpoint at `step` (the
+  SavedModel-shaped files under the home's export root), protected as
+  `protection`."""
+  from ckptflow.operations import export
+  [record] = [r for r in ckpt_records.list_checkpoints(toy.store) if r.step == step]
+  uri = toy.home / "pipeline_root" / "CheckpointExport" / f"checkpoint-{record.id}" / "e"
+  make_saved_model(uri / "Format-Serving", f"export{step}")
+  exported = export._record_export(toy.store, record, str(uri), fingerprint="f",
+                                   feature_dtypes={}, module="m")
+  ckpt_records.set_protected(toy.store, record.id, protection)
+  return exported
+
+
+def test_gc_removes_exports_no_kept_version_needs_but_keeps_explicit_ones(tmp_path):
+  toy = ToyHome(tmp_path / "home")
+  for step in (100, 200, 300):
+    toy.checkpoint(step)
+  old = export_of(toy, 100, "promoted")
+  kept = export_of(toy, 200, "promoted")
+  explicit = export_of(toy, 300, "exported")
+  for exported in (old, kept):
+    promotion.promote(toy.store, saved_model_dir=exported.saved_model_dir,
+                      serving_root=str(toy.serving), model_name="penguin",
+                      model_artifact_id=exported.model_artifact_id)
+
+  # --keep-exports 1 keeps the newest unneeded export (the only one).
+  spared = json.loads(ckptflow("gc", "--home", str(toy.home), "--keep-versions", "1",
+                               "--keep-exports", "1", "--dry-run", "--json").stdout)
+  assert [r["kind"] for r in spared["removed"]] == ["version"]
+
+  done = json.loads(ckptflow("gc", "--home", str(toy.home), "--keep-versions", "1",
+                             "--json").stdout)
+
+  assert {(r["kind"], r["artifact_id"]) for r in done["removed"]} == {
+      ("version", promotion.served_versions(toy.store, "penguin")[0].artifact_id),
+      ("export", old.model_artifact_id)}
+  assert not os.path.exists(old.uri)
+  assert os.path.isdir(kept.uri) and os.path.isdir(explicit.uri)
+  store = open_store(toy.target)
+  states = {a.id: a.state for a in store.get_artifacts_by_id(
+      [old.model_artifact_id, kept.model_artifact_id, explicit.model_artifact_id])}
+  assert states == {old.model_artifact_id: DELETED, kept.model_artifact_id: LIVE,
+                    explicit.model_artifact_id: LIVE}
