@@ -215,6 +215,9 @@ def mark_pushed(artifact: metadata_store_pb2.Artifact, served: ServedVersion, *,
   props["version"].int_value = served.version
   props["label"].string_value = label or ""
   props["forced"].int_value = int(bool(forced))
+  user, host = actor()  # who pushed, also when a TFX executor records it
+  props["user"].string_value = user
+  props["host"].string_value = host
   return artifact
 
 
@@ -254,25 +257,32 @@ def _put_promote(store, *, model_artifact_id: int, blessing_artifact_id: int | N
     _, artifact_ids, _ = store.put_execution(
         execution, mlmd.without_repeated_inputs(pairs), contexts=[])
   except mlmd_errors.AlreadyExistsError as e:
-    existing = _recorded_push_of(store, pushed.external_id, model_artifact_id)
+    existing = _recorded_push_of(store, pushed, model_artifact_id)
     if existing is not None:
       _log.info("%s is already recorded from Model %d as PushedModel %d",
                 pushed.uri, model_artifact_id, existing)
       return existing
     raise ServingError(f"{pushed.uri!r} is already recorded as a served "
-                       "version of another model; a version is recorded once") from e
+                       "version (of another Model, or with another label); a version "
+                       "is recorded once") from e
   return artifact_ids[-1]
 
 
-def _recorded_push_of(store, external_id: str, model_artifact_id: int) -> int | None:
-  """The id of the PushedModel with `external_id` if an execution with the
-  Model `model_artifact_id` as INPUT produced it (the same push, recorded
-  again: a retry), else None."""
+def _recorded_push_of(store, pushed: metadata_store_pb2.Artifact,
+                      model_artifact_id: int) -> int | None:
+  """The id of the recorded PushedModel with `pushed`'s external id if it is
+  the same push recorded again (a retry): same label, forced and version,
+  produced by an execution with the Model `model_artifact_id` as INPUT.
+  Else None."""
+  external_id = pushed.external_id
   if not external_id:
     return None
   found = store.get_artifacts_by_external_ids([external_id])
   if not found:
     return None
+  for key in ("label", "forced", "version"):
+    if mlmd.property_value(found[0], key) != mlmd.property_value(pushed, key):
+      return None  # another request: not a repeat of this one
   producers = [e.execution_id for e in store.get_events_by_artifact_ids([found[0].id])
                if e.type == _OUTPUT]
   if not producers:

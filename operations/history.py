@@ -182,10 +182,16 @@ def _blessed(store: Store, executions: list[int]) -> dict[int, bool]:
           for x, b in blessing_of.items() if b in blessings}
 
 
-def _actor(execution) -> dict[str, str]:
-  return {key: str(mlmd.property_value(execution, key) or "") if execution else ""
-          for key in ("user", "host")} | {
-      "reason": str(mlmd.property_value(execution, "user_reason") or "") if execution else ""}
+def _actor(execution, artifact=None) -> dict[str, str]:
+  """user, host and reason as the execution recorded them, else (a push
+  recorded by TFX's runner) as the PushedModel did."""
+  def value(key):
+    for node in (execution, artifact):
+      found = mlmd.property_value(node, key) if node is not None else None
+      if found:
+        return str(found)
+    return ""
+  return {"user": value("user"), "host": value("host"), "reason": value("user_reason")}
 
 
 def history(store: Store, model_name: str) -> list[HistoryEntry]:
@@ -205,6 +211,8 @@ def history(store: Store, model_name: str) -> list[HistoryEntry]:
                         f"store. Known models: {', '.join(known) or 'none'}")
   producers = _producers(store, [r.artifact_id for r in records])
   executions = {e.id: e for e in store.get_executions_by_id(sorted(set(producers.values())))}
+  pushed_models = {a.id: a for a in store.get_artifacts_by_id(
+      [r.artifact_id for r in records])} if records else {}
   models = promotion.pushed_models(store, records)
   origins = _origins(store, models)
   blessed = _blessed(store, sorted(executions))
@@ -220,7 +228,7 @@ def history(store: Store, model_name: str) -> list[HistoryEntry]:
         previous_version=None, checkpoint_id=origin.get("checkpoint_id"),
         checkpoint_step=origin.get("checkpoint_step"), run=origin.get("run"),
         forced=record.forced, blessed=blessed.get(execution_id) if execution_id else None,
-        **_actor(execution)))
+        **_actor(execution, pushed_models.get(record.artifact_id))))
   for change in changes:
     if change.reason == "push":
       continue
