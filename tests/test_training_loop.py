@@ -188,10 +188,11 @@ def test_full_warm_start_restores_every_optimizer_slot_and_extra_variable(
   saved = first.state()
   [record] = [r for r in ckpt.list_checkpoints(store) if r.step == 30]
   reader = tf.train.load_checkpoint(checkpoint_files.prefix(record.uri))
-  # Every optimizer variable in the file: iterations, learning rate, slots.
+  # Every optimizer slot in the file (iterations are saved under another name).
   saved_slots = [k for k in reader.get_variable_to_shape_map()
-                 if k.startswith("optimizers/") and k.endswith("VARIABLE_VALUE")]
-  assert len(saved_slots) >= 8  # Adam m and v per body variable, SGD momentum
+                 if k.startswith("optimizers/") and "/_variables/" in k
+                 and k.endswith("VARIABLE_VALUE")]
+  assert len(saved_slots) == 6  # Adam m and v for 2 body variables, SGD momentum x2
 
   second = Run(store, str(tmp_path), key="second", seed=5)
   fresh = second.state()
@@ -200,7 +201,7 @@ def test_full_warm_start_restores_every_optimizer_slot_and_extra_variable(
   restored = second.state()
 
   optimizer_keys = [k for k in saved if k.startswith(("body/", "head/"))]
-  assert len(optimizer_keys) >= 8
+  assert len(optimizer_keys) == 8  # the slots and each optimizer's iterations
   for key in optimizer_keys + [k for k in saved if k.startswith(("var/", "model/"))]:
     assert np.array_equal(restored[key], saved[key]), key
     if not key.startswith("model/"):
