@@ -13,8 +13,10 @@ What goes (`plan`):
   already).
 
 Never: a labelled version, the newest version of a model, or anything whose
-path (symlinks resolved) is outside the home's roots (the home, its
-pipeline root, the serving root); such a candidate is skipped and said so.
+path (symlinks resolved) is outside the home's roots (`Home.roots`: the
+home, its pipeline root included, and the serving root); such a candidate
+is skipped and said so, and every delete goes through the storage guard
+(`storage.remove_tree`), which refuses anything outside them again.
 
 How a served version goes (`collect`), so that TF Serving never loads a
 half-removed version:
@@ -138,8 +140,10 @@ def check_settings(keep_versions: int, keep_exports: int) -> None:
     raise CkptflowError(f"--keep-exports is {keep_exports!r}. Expected an integer >= 0")
 
 
-def _roots(where: Home) -> list[str]:
-  return [where.home, where.pipeline_root, where.serving_root]
+def _roots(where: Home) -> tuple[str, ...]:
+  """What gc may delete below: the home (its pipeline root included) and
+  the serving root (`Home.roots`)."""
+  return where.roots
 
 
 def _version_removals(store: Store, where: Home, keep_versions: int,
@@ -157,7 +161,7 @@ def _version_removals(store: Store, where: Home, keep_versions: int,
     if record.version in labelled or record.version in newest:
       continue
     path = serving.version_path(where.serving_root, model_name, record.version)
-    if not storage.is_within(path, _roots(where)) or os.path.islink(path):
+    if not storage.within_roots(path, _roots(where), strictly=True) or os.path.islink(path):
       skipped.append(Skipped(VERSION, record.artifact_id, path,
                              "outside the home's roots"))
       continue
@@ -193,7 +197,7 @@ def _export_removals(store: Store, where: Home, keep_exports: int,
     candidates = candidates[:-keep_exports]
   removals, skipped = [], []
   for artifact in candidates:
-    if not storage.is_within(artifact.uri, [where.export_root]):
+    if not storage.within_roots(artifact.uri, [where.export_root], strictly=True):
       skipped.append(Skipped(EXPORT, artifact.id, artifact.uri, "outside the home's roots"))
       continue
     removals.append(Removal(EXPORT, artifact.id, artifact.uri,
@@ -208,7 +212,7 @@ def _checkpoint_file_removals(store: Store, where: Home) -> tuple[list[Removal],
   for record in checkpoints.list_checkpoints(store):
     if record.live or record.state != "DELETED" or not os.path.isdir(record.uri):
       continue
-    if not storage.is_within(record.uri, roots):
+    if not storage.within_roots(record.uri, roots, strictly=True):
       skipped.append(Skipped(CHECKPOINT_FILES, record.id, record.uri,
                              "outside the home's roots"))
       continue
@@ -266,14 +270,15 @@ def _record_gc(store: Store, removals: list[Removal], *, model_name: str,
   store.put_execution(execution, pairs, contexts=[])
 
 
-def _unpublish(path: str) -> None:
+def _unpublish(path: str, roots) -> None:
   # A non-numeric name first: TF Serving and version listings stop seeing
   # the version in one step; a kill before the delete leaves a `.staging-`
   # directory of a dead process, which doctor and the next push clean up.
   hidden = os.path.join(os.path.dirname(path), f"{serving.STAGING_PREFIX}gc"
                         f"{os.path.basename(path)}-{os.getpid()}")
+  storage.check_within_roots(path, roots, action="rename")
   storage.publish_dir(path, hidden)
-  storage.remove_tree(hidden)
+  storage.remove_tree(hidden, roots)
 
 
 def _check_writable(where: Home) -> None:
@@ -313,13 +318,13 @@ def collect(store: Store, where: Home, *, keep_versions: int = 3, keep_exports: 
       for model_name in sorted({r.model_name for r in versions}):
         of_model = [r for r in versions if r.model_name == model_name]
         for removal in of_model:
-          _unpublish(removal.path)
+          _unpublish(removal.path, _roots(where))
         _record_gc(store, of_model, model_name=model_name, keep_versions=keep_versions,
                    keep_exports=keep_exports)
         removed += of_model
     others = [r for r in removals if r.kind != VERSION]
     for removal in others:
-      storage.remove_tree(removal.path)
+      storage.remove_tree(removal.path, _roots(where))
     _record_gc(store, others, model_name="", keep_versions=keep_versions,
                keep_exports=keep_exports)
     removed += others

@@ -29,6 +29,7 @@ _PROBE = (
     ["rollback", "penguin", "--to", "3"], ["doctor"], ["doctor", "--json"],
     ["history", "penguin"], ["history", "penguin", "--json", "--at", "2020-01-01"],
     ["gc"], ["gc", "--dry-run", "--json"], ["rollback", "penguin", "--reason", "r"],
+    ["doctor", "--repair"], ["doctor", "--relocate", "--dry-run"], ["doctor", "--relocate"],
 ], ids=" ".join)
 def test_metadata_only_command_imports_neither_tensorflow_nor_tfx(tmp_path, command):
   home = tmp_path / "home"

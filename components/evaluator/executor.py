@@ -70,8 +70,9 @@ class Executor(evaluator_executor.Executor):
       # TFMA loads URI/Format-Serving: hard links to the served version's
       # files, not a symlink (TFX empties a symlinked directory when it
       # deletes its temp dir).
-      holder = os.path.join(self._get_tmp_dir(), "stable-baseline")
-      storage.remove_tree(holder)
+      tmp_dir = self._get_tmp_dir()
+      holder = os.path.join(tmp_dir, "stable-baseline")
+      storage.remove_tree(holder, (tmp_dir,))
       storage.link_tree(record.path, os.path.join(holder, "Format-Serving"))
       model = standard_artifacts.Model()
       model.uri = holder
@@ -80,7 +81,7 @@ class Executor(evaluator_executor.Executor):
       super().Do(input_dict, output_dict, exec_properties)
     finally:
       if holder is not None:
-        storage.remove_tree(holder)
+        storage.remove_tree(holder, (tmp_dir,))
     if found is not None:
       record, model_id = found
       blessing = artifact_utils.get_single_instance(
