@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import sys
+import warnings
 from typing import Callable, Sequence
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")  # before TensorFlow loads
@@ -403,10 +404,9 @@ def _add_report_command(commands) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(
-      prog="ckptflow",
+      prog="ckptflow", parents=[flags.verbose_flag(top_level=True)],
       description="Train, track and serve TensorFlow models in a TFX pipeline whose "
       "every checkpoint is an ML Metadata artifact.")
-  parser.add_argument("-v", "--verbose", action="store_true", help="show TFX and Beam logs")
   commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
   run = commands.add_parser("run", help="run the pipeline end to end",
@@ -439,18 +439,43 @@ def build_parser() -> argparse.ArgumentParser:
   return parser
 
 
+# Quiet by default: the log lines a user sees come from ckptflow's loggers;
+# other libraries' records show from ERROR up. --verbose shows everything.
+_OWN_LOGGER = "ckptflow"
+_QUIET_LEVEL = logging.ERROR
+
+
+def _own_lines_only(record: logging.LogRecord) -> bool:
+  own = record.name == _OWN_LOGGER or record.name.startswith(_OWN_LOGGER + ".")
+  return own or record.levelno >= _QUIET_LEVEL
+
+
 def _configure_logging(verbose: bool) -> None:
-  logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                      format="%(asctime)s %(levelname).1s %(name)s: %(message)s")
-  if not verbose:
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    for noisy in ("absl", "apache_beam", "tensorflow", "root"):
-      logging.getLogger(noisy).setLevel(logging.WARNING)
-    try:
-      from absl import logging as absl_logging
-      absl_logging.set_verbosity(absl_logging.WARNING)
-    except ImportError:
-      pass
+  """Sets up standard error before anything imports TensorFlow: one handler
+  that keeps the live progress line intact, and, unless `verbose`, no
+  Python warnings, no TensorFlow C++ log below FATAL (it prints "Unable to
+  register cuFFT factory" and other ERROR-level notices on a CPU machine),
+  and no other library's INFO/WARNING records. The environment carries the
+  first two to subprocesses (Beam workers); TF_CPP_MIN_LOG_LEVEL and
+  PYTHONWARNINGS set by the user win."""
+  from ckptflow.base import progress
+  handler = progress.ProgressAwareHandler(sys.stderr)
+  handler.setFormatter(logging.Formatter("%(asctime)s %(levelname).1s %(name)s: %(message)s"))
+  root = logging.getLogger()
+  for old in [h for h in root.handlers if isinstance(h, progress.ProgressAwareHandler)]:
+    root.removeHandler(old)  # main() called again in one process
+  root.addHandler(handler)
+  root.setLevel(logging.INFO)
+  if verbose:
+    return
+  handler.addFilter(_own_lines_only)
+  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # read when TensorFlow loads
+  os.environ.setdefault("PYTHONWARNINGS", "ignore")  # read by each new interpreter
+  warnings.simplefilter("ignore")
+  # Fewer records to make and drop; "absl" stays at INFO: the local runner
+  # reads the TFX runners' stage records from it (pipeline/runner.py).
+  for noisy in ("apache_beam", "tensorflow"):
+    logging.getLogger(noisy).setLevel(_QUIET_LEVEL)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

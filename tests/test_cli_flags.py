@@ -54,3 +54,28 @@ def test_run_only_flags_are_refused_by_compile(capsys):
   with pytest.raises(SystemExit):
     build_parser().parse_args(["compile", "--async-checkpoint"])
   assert "unrecognized arguments: --async-checkpoint" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, verbose", [
+    (["run"], False), (["-v", "run"], True), (["--verbose", "checkpoints"], True),
+    (["run", "--verbose"], True), (["doctor", "-v"], True), (["lineage", "1"], False),
+], ids=lambda value: " ".join(value) if isinstance(value, list) else str(value))
+def test_verbose_is_taken_before_or_after_any_subcommand(argv, verbose):
+  assert build_parser().parse_args(argv).verbose is verbose
+
+
+def test_quiet_logging_passes_ckptflow_lines_and_errors_only():
+  import logging
+
+  from ckptflow.cli.main import _own_lines_only
+
+  def record(name, level):
+    return logging.LogRecord(name, level, __file__, 1, "m", (), None)
+
+  assert _own_lines_only(record("ckptflow", logging.INFO))
+  assert _own_lines_only(record("ckptflow.progress", logging.INFO))
+  assert _own_lines_only(record("absl", logging.ERROR))
+  assert not _own_lines_only(record("absl", logging.WARNING))
+  assert not _own_lines_only(record("apache_beam.io.tfrecordio", logging.WARNING))
+  assert not _own_lines_only(record("ckptflowish", logging.INFO))
+

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
 import pathlib
+import re
 import subprocess
 import sys
 
@@ -136,7 +138,7 @@ def test_run_prints_where_things_landed(e2e_home):
   stdout = (e2e_home / "run1.stdout").read_text()
   assert str(e2e_home / "serving" / "penguin" / "1") in stdout
   assert str(e2e_home / "metadata.sqlite") in stdout
-  assert "checkpoints:     3 registered" in stdout
+  assert "checkpoints:     3 registered, 3 live" in stdout
 
 
 def test_checkpoints_command_lists_them_as_json(e2e_home):
@@ -179,3 +181,56 @@ def test_beam_orchestrator_with_multi_process_beam_jobs_runs_the_pipeline(tmp_pa
   steps = sorted(a.properties["step"].int_value for a in store.get_artifacts_by_type("Checkpoint"))
   assert steps == [50, 100]
   assert (home / "serving" / "penguin" / "1" / "saved_model.pb").is_file()
+
+
+# --- what a default run prints on standard error ------------------------------
+
+# ckptflow's log lines: "2026-01-02 03:04:05,678 I ckptflow.progress: ..."
+_OWN_LINE = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) ([IWE]) (ckptflow[\w.]*): (.*)$")
+_PYTHON_WARNING = re.compile(r"\b\w*(Warning|warnings\.warn)\b")
+# TensorFlow's C++ log ("2026-01-02 03:04:05.678901: E external/...cc:479]",
+# "E0000 00:00:... cuda_dnn.cc:8310]") and absl's C++ preamble.
+_TF_CPP_LINE = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+: [IWEF] |[IWEF]\d{4} \d\d:)"
+                          r"|cuFFT|cuDNN|cuBLAS|oneDNN|cpu_feature_guard|absl::InitializeLog")
+
+
+def _stderr_lines(home: pathlib.Path) -> list[str]:
+  return (home / "run1.stderr").read_text().splitlines()
+
+
+def test_default_run_prints_no_warnings_and_no_tensorflow_log_lines(e2e_home):
+  lines = _stderr_lines(e2e_home)
+  warnings = [l for l in lines if _PYTHON_WARNING.search(l)]
+  tf_cpp = [l for l in lines if _TF_CPP_LINE.search(l)]
+  assert (len(warnings), len(tf_cpp)) == (0, 0), warnings[:5] + tf_cpp[:5]
+  # Nothing but ckptflow's own lines (no absl/TFX/Beam INFO or WARNING).
+  foreign = [l for l in lines if not _OWN_LINE.match(l)]
+  assert foreign == [], foreign[:10]
+
+
+def _progress(home: pathlib.Path) -> list[tuple[datetime.datetime, str]]:
+  found = []
+  for line in _stderr_lines(home):
+    match = _OWN_LINE.match(line)
+    if match and match.group(3) == "ckptflow.progress":
+      stamp = datetime.datetime.strptime(match.group(1), "%Y-%m-%d %H:%M:%S,%f")
+      found.append((stamp, match.group(4)))
+  return found
+
+
+def test_non_terminal_run_logs_each_stage_and_training_progress_at_most_10_s_apart(e2e_home):
+  logged = _progress(e2e_home)
+  messages = [m for _, m in logged]
+  for component in COMPONENTS:
+    started = [m for m in messages if re.fullmatch(rf"\[\d/8\] {component}: running", m)]
+    ended = [m for m in messages if re.fullmatch(rf"\[\d/8\] {component}: done in [\d.]+ s", m)]
+    assert len(started) == 1 and len(ended) == 1, (component, messages)
+  start = messages.index("training: step 0/%d" % E2E_STEPS)
+  [end] = [i for i, m in enumerate(messages) if m.startswith("training finished: ")]
+  assert re.match(rf"training finished: step {E2E_STEPS}/{E2E_STEPS}, [\d.]+ steps/s, "
+                  rf"loss [\d.e-]+, last checkpoint: step {E2E_STEPS}$", messages[end])
+  training = logged[start:end + 1]
+  assert all("CheckpointingTrainer: [" in m for _, m in training[1:-1]), training
+  gaps = [(b - a).total_seconds() for (a, _), (b, _) in zip(training, training[1:])]
+  assert max(gaps) <= 10.0, list(zip(gaps, [m for _, m in training[1:]]))
+
