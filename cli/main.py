@@ -234,24 +234,49 @@ def cmd_run(args) -> int:
 # --- checkpoints -------------------------------------------------------------
 
 
+def checkpoint_table(records, served_as) -> list[str]:
+  """The lines `ckptflow checkpoints` prints: one column per metric (named
+  in full, as wide as its name or widest value), then what the checkpoint is
+  behind (`served_as`: id -> ["penguin:1 (stable)", ...]) or kept for, then
+  its uri."""
+  names = sorted({name for r in records for name in r.metrics})
+  cells = [[f"{r.metrics[n]:.4g}" if n in r.metrics else "-" for n in names]
+           for r in records]
+  notes = []
+  for r in records:
+    note = [f"served {', '.join(served_as[r.id])}"] if served_as.get(r.id) else []
+    if r.protected:
+      note.append(f"[{r.protected}]")
+    notes.append(" ".join(note))
+  widths = [max([len(n)] + [len(row[k]) for row in cells]) for k, n in enumerate(names)]
+  note_width = max([len("served")] + [len(n) for n in notes])
+  def line(first: str, values: list[str], note: str, uri: str) -> str:
+    metrics = " ".join(v.rjust(w) for v, w in zip(values, widths))
+    return f"{first} {metrics} {note.ljust(note_width)} {uri}".rstrip()
+  lines = [line(f"{'id':>6} {'step':>7} {'state':<9}", names, "served", "uri")]
+  for r, values, note in zip(records, cells, notes):
+    lines.append(line(f"{r.id:>6} {r.step:>7} {r.state:<9}", values, note, r.uri))
+  return lines
+
+
 def cmd_checkpoints(args) -> int:
   from ckptflow.components.checkpoint import list_checkpoints
   from ckptflow.base import metadata
+  from ckptflow.operations import lineage
   store = metadata.open_store(_metadata_target(args), create=False)
   records = list_checkpoints(store)
   if not args.all:
     records = [r for r in records if r.live]
+  served_as = lineage.served_checkpoints(store, _where(args).serving_root) if records else {}
   if args.json:
-    _print_json({"checkpoints": [r.as_json() for r in records]})
+    _print_json({"checkpoints": [r.as_json() | {"served_as": served_as.get(r.id, [])}
+                                 for r in records]})
     return 0
   if not records:
     print("no checkpoints" + ("" if args.all else " (use --all to include pruned ones)"))
     return 0
-  print(f"{'id':>6} {'step':>7} {'state':<9} {'metrics':<44} uri")
-  for r in records:
-    metrics = " ".join(f"{k}={v:.4g}" for k, v in sorted(r.metrics.items()))
-    flag = f" [{r.protected}]" if r.protected else ""
-    print(f"{r.id:>6} {r.step:>7} {r.state:<9} {metrics[:44]:<44} {r.uri}{flag}")
+  for text in checkpoint_table(records, served_as):
+    print(text)
   return 0
 
 
@@ -415,8 +440,11 @@ def build_parser() -> argparse.ArgumentParser:
                             "Pusher on this machine. Flags override the config file.")
   run.set_defaults(handler=cmd_run)
 
-  checkpoints = commands.add_parser("checkpoints", help="list checkpoints recorded in MLMD",
-                                    parents=flags.parents(flags.json_flag()))
+  checkpoints = commands.add_parser(
+      "checkpoints", help="list checkpoints recorded in MLMD",
+      parents=flags.parents(flags.serving_dir_flag(), flags.json_flag()),
+      description="List checkpoints: id, step, state, each metric, the served "
+      "versions (and labels) whose model came from the checkpoint, uri.")
   checkpoints.add_argument("--all", action="store_true", help="include pruned checkpoints")
   checkpoints.set_defaults(handler=cmd_checkpoints)
 

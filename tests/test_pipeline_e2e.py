@@ -234,3 +234,59 @@ def test_non_terminal_run_logs_each_stage_and_training_progress_at_most_10_s_apa
   gaps = [(b - a).total_seconds() for (a, _), (b, _) in zip(training, training[1:])]
   assert max(gaps) <= 10.0, list(zip(gaps, [m for _, m in training[1:]]))
 
+
+# --- the Trainer's Model and the checkpoint it came from ----------------------
+
+
+def test_trainer_model_is_linked_to_its_final_checkpoint_by_mlmd_events(e2e_home):
+  store = _store(e2e_home)
+  trainer = _trainer_execution(store)
+  events = store.get_events_by_execution_ids([trainer.id])
+  type_names = {t.id: t.name for t in store.get_artifact_types()}
+  [model] = [a for a in store.get_artifacts_by_id([e.artifact_id for e in events
+                                                   if e.type == metadata_store_pb2.Event.OUTPUT])
+             if type_names[a.type_id] == "Model"]
+  final = max(store.get_artifacts_by_type("Checkpoint"),
+              key=lambda a: a.properties["step"].int_value)
+  [link] = store.get_executions_by_type("ckptflow.TrainerExport")
+  assert link.last_known_state == metadata_store_pb2.Execution.COMPLETE
+  link_events = {(e.type, e.artifact_id, e.path.steps[0].key)
+                 for e in store.get_events_by_execution_ids([link.id])}
+  assert link_events == {(metadata_store_pb2.Event.INPUT, final.id, "checkpoint"),
+                         (metadata_store_pb2.Event.OUTPUT, model.id, "model")}
+  # The Model's producers: the Trainer (TFX's OUTPUT event) and the link.
+  producers = {e.execution_id for e in store.get_events_by_artifact_ids([model.id])
+               if e.type == metadata_store_pb2.Event.OUTPUT}
+  assert producers == {trainer.id, link.id}
+  contexts = {c.id for c in store.get_contexts_by_execution(trainer.id)}
+  assert {c.id for c in store.get_contexts_by_execution(link.id)} == contexts
+
+
+def test_lineage_of_a_pipeline_push_reads_model_checkpoint_trainer_data(e2e_home):
+  text = ckptflow("lineage", "penguin:1", "--home", str(e2e_home)).stdout
+  order = [re.sub(r"^\s*(<- (OUTPUT of|INPUT) )?", "", line).split(" ")[0]
+           for line in text.splitlines()[1:]]
+  model = order.index("Model")
+  assert order[model + 1:model + 5] == [
+      "ckptflow.TrainerExport", "Checkpoint",
+      "ckptflow.components.trainer.component.CheckpointingTrainer", "Examples"], text
+  final_step = f"step={E2E_STEPS}"
+  [checkpoint_line] = [l for l in text.splitlines() if "<- INPUT Checkpoint" in l]
+  assert final_step in checkpoint_line
+
+
+def test_checkpoints_lists_whole_metric_names_and_marks_the_served_one(e2e_home):
+  store = _store(e2e_home)
+  names = sorted({name for a in store.get_artifacts_by_type("Checkpoint")
+                  for name in json.loads(a.properties["metrics"].string_value)})
+  lines = ckptflow("checkpoints", "--home", str(e2e_home)).stdout.splitlines()
+  header = lines[0].split()
+  assert header == ["id", "step", "state", *names, "served", "uri"]
+  rows = {int(line.split()[1]): line for line in lines[1:]}
+  assert sorted(rows) == list(range(E2E_EVERY, E2E_STEPS + 1, E2E_EVERY))
+  stable = [line for line in rows.values() if "served penguin:" in line]
+  assert len(stable) == 1 and re.search(r"served penguin:\d+ \(stable\)", stable[0])
+  assert rows[E2E_STEPS] == stable[0]
+  listed = json.loads(ckptflow("checkpoints", "--home", str(e2e_home), "--json").stdout)
+  served = {c["step"]: c["served_as"] for c in listed["checkpoints"]}
+  assert [s for s, v in served.items() if v] == [E2E_STEPS]
