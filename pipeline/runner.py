@@ -11,6 +11,7 @@ import dataclasses
 import logging
 import os
 import shutil
+import sys
 from typing import Iterator
 
 from ckptflow.pipeline import data_validation
@@ -239,6 +240,15 @@ class StageWatcher(logging.Filter):
     return True
 
 
+def _interrupted(error: BaseException) -> bool:
+  """Whether `error` is a Ctrl-C or the Trainer stopping on a signal after
+  saving (`TrainingInterrupted`, which exists only once the training loop's
+  module, and TensorFlow with it, is loaded)."""
+  loop = sys.modules.get("ckptflow.components.trainer.loop")
+  kinds = (KeyboardInterrupt,) + ((loop.TrainingInterrupted,) if loop else ())
+  return isinstance(error, kinds)
+
+
 @contextlib.contextmanager
 def watch_stages(reporter: progress.Progress, order: list[str]) -> Iterator[None]:
   """Reports the stages of the pipeline run inside the block (`StageWatcher`
@@ -256,11 +266,8 @@ def watch_stages(reporter: progress.Progress, order: list[str]) -> Iterator[None
   absl_logger.addFilter(watcher)
   try:
     yield
-  except KeyboardInterrupt:
-    reporter.stage_finished("interrupted")
-    raise
-  except BaseException:
-    reporter.stage_finished("failed")
+  except BaseException as e:
+    reporter.stage_finished("interrupted" if _interrupted(e) else "failed")
     raise
   finally:
     absl_logger.removeFilter(watcher)

@@ -14,7 +14,7 @@ import pytest
 from ml_metadata import metadata_store
 from ml_metadata.proto import metadata_store_pb2
 
-from support import E2E_EVERY, E2E_STEPS, ckptflow
+from support import E2E_EVERY, E2E_STEPS, OUTPUT_ENV, ckptflow
 
 pytestmark = pytest.mark.e2e
 
@@ -169,10 +169,16 @@ def test_rerun_with_unchanged_inputs_does_not_retrain(tmp_path, penguins_dir):
 
 def test_beam_orchestrator_with_multi_process_beam_jobs_runs_the_pipeline(tmp_path, penguins_dir):
   home = tmp_path / "home"
-  ckptflow("run", "--home", str(home), "--data", str(penguins_dir), "--orchestrator", "beam",
-           "--beam-arg=--direct_running_mode=multi_processing",
-           "--beam-arg=--direct_num_workers=2",
-           "--train-steps", "100", "--checkpoint-every", "50")
+  result = ckptflow("run", "--home", str(home), "--data", str(penguins_dir),
+                    "--orchestrator", "beam",
+                    "--beam-arg=--direct_running_mode=multi_processing",
+                    "--beam-arg=--direct_num_workers=2",
+                    "--train-steps", "100", "--checkpoint-every", "50", unset=OUTPUT_ENV)
+  # Quiet in the Beam worker processes too, and the stages are reported.
+  lines = result.stderr.splitlines()
+  noise = [l for l in lines if _PYTHON_WARNING.search(l) or _TF_CPP_LINE.search(l)]
+  assert noise == [], noise[:5]
+  assert any(re.search(r"\] CheckpointingTrainer: done in ", l) for l in lines)
   store = _store(home)
   executions = _executions_by_component(store)
   for component in COMPONENTS:
