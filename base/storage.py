@@ -20,6 +20,11 @@ storage plugs in here.
   path can be created before creating anything; `check_creatable_dir`
   does that check for a directory, `create_dir` then creates it (both fail
   with a one-line `CkptflowError` naming the directory).
+* `within_roots`, `check_within_roots`, `remove_tree`, `remove_file`: the
+  one guard every delete goes through. A command is given roots (its home,
+  pipeline root, serving root); it never deletes, renames or overwrites
+  anything outside them, whatever a metadata record says. A refusal is
+  logged and raised as `OutsideRootsError`; nothing is deleted.
 
 Imports neither TensorFlow nor TFX.
 """
@@ -29,15 +34,19 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import logging
 import os
 import secrets
-from typing import IO, Callable, Iterator, Mapping, Union
+import shutil
+from typing import IO, Callable, Iterable, Iterator, Mapping, Union
 
 from ckptflow.base.errors import CkptflowError
 
 # What `atomic_write` writes: text (UTF-8), bytes, or a function that writes
 # the file at the path it is given (e.g. a plotting library's savefig).
 Content = Union[str, bytes, Callable[[str], None]]
+
+_log = logging.getLogger(__name__)
 
 
 class NotDurableError(OSError):
@@ -323,10 +332,101 @@ def create_dir(path: str, what: str) -> str:
   return path
 
 
+# --- roots: the only places a command may delete ------------------------------
+
+
+class OutsideRootsError(CkptflowError):
+  """A delete (or rename, or overwrite) was asked for outside the roots the
+  command was given. Nothing was changed."""
+
+
+def _is_url(uri: str) -> bool:
+  return "://" in uri
+
+
+def _canonical(uri: str) -> str:
+  """`uri` with symlinks resolved (a local path) or as written (a URL),
+  without a trailing separator."""
+  if _is_url(uri):
+    return uri.rstrip("/")
+  return os.path.realpath(uri)
+
+
+def within_roots(uri: str, roots: Iterable[str], *, strictly: bool = False) -> bool:
+  """Whether `uri` is one of `roots` or lies below one.
+
+  Local paths are compared with symlinks resolved, so a link inside a root
+  that points outside it is outside. URLs (a bucket: `s3://b/x`) are
+  compared as written, segment by segment. With `strictly`, a root itself
+  does not count (a command may empty a root's entries, never remove it).
+  """
+  if not uri:
+    return False
+  path = _canonical(uri)
+  for root in roots:
+    if not root or _is_url(root) != _is_url(uri):
+      continue
+    base = _canonical(root)
+    if path == base:
+      if not strictly:
+        return True
+      continue
+    prefix = base if base.endswith(("/", os.sep)) else base + ("/" if _is_url(root) else os.sep)
+    if path.startswith(prefix):
+      return True
+  return False
+
+
+def check_within_roots(uri: str, roots: Iterable[str], *, action: str = "delete") -> str:
+  """Returns `uri` if it lies strictly below one of `roots`.
+
+  Raises:
+    OutsideRootsError: it does not; the refusal is logged as a warning and
+      names the path, what was asked and the roots.
+  """
+  roots = tuple(r for r in roots if r)
+  if within_roots(uri, roots, strictly=True):
+    return uri
+  message = (f"refusing to {action} {uri!r}: it is outside the roots this command was "
+             f"given ({', '.join(repr(r) for r in roots) or 'none'})")
+  _log.warning("%s", message)
+  raise OutsideRootsError(message)
+
+
+def remove_tree(path: str, roots: Iterable[str], *, missing_ok: bool = True) -> None:
+  """Deletes the directory tree `path`, which must lie below one of `roots`
+  (`check_within_roots`; outside, nothing is deleted).
+
+  Raises:
+    OutsideRootsError: `path` is outside `roots`.
+    OSError: it cannot be deleted (or is missing and not `missing_ok`).
+  """
+  check_within_roots(path, roots)
+  if not os.path.lexists(path):
+    if missing_ok:
+      return
+    raise FileNotFoundError(errno.ENOENT, "no such directory", path)
+  shutil.rmtree(path, ignore_errors=True)
+  if os.path.lexists(path):
+    raise OSError(errno.ENOTEMPTY, "cannot delete", path)
+
+
+def remove_file(path: str, roots: Iterable[str]) -> None:
+  """Deletes the file `path` (if it exists), which must lie below one of
+  `roots` (`check_within_roots`).
+
+  Raises:
+    OutsideRootsError: `path` is outside `roots`.
+  """
+  check_within_roots(path, roots)
+  with contextlib.suppress(FileNotFoundError):
+    os.unlink(path)
+
+
 __all__ = [
-    "Content", "NotDurableError", "atomic_write", "atomic_write_all", "check_creatable_dir",
+    "Content", "NotDurableError", "OutsideRootsError", "atomic_write", "atomic_write_all", "check_creatable_dir",
     "create_dir",
     "file_lock",
     "fsync_dir", "fsync_file", "fsync_tree", "nearest_existing", "publish_dir",
-    "temp_prefix",
+    "check_within_roots", "remove_file", "remove_tree", "temp_prefix", "within_roots",
 ]

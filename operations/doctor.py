@@ -49,6 +49,14 @@ Scope: artifacts whose files are under HOME (checkpoints) or under the
 serving root (served versions); a store shared by several homes is checked
 one home at a time, and a home must be used with one store only.
 
+Nothing outside the home and its serving root is ever deleted or renamed:
+every repair goes through `storage.remove_tree` / `remove_file`, which
+refuse a path outside those roots (the finding is then reported as
+refused, not repaired). Before it looks, doctor checks that the store is
+this home's (`base.identity.check`): in a copied or moved home it stops
+with one line that says to run `ckptflow doctor --relocate`
+(`operations/relocate.py`).
+
 Repairs that delete files need the home's exclusive lock
 (`base.home.exclusive_lock_if_idle`): they are refused while another ckptflow
 command is writing in the home, so a live command's half-finished work is
@@ -67,7 +75,6 @@ import dataclasses
 import logging
 import os
 import re
-import shutil
 from typing import Iterable, Sequence
 
 from ml_metadata.proto import metadata_store_pb2
@@ -75,7 +82,7 @@ from ml_metadata.proto import metadata_store_pb2
 from ckptflow.components import checkpoint as ckpt_records
 from ckptflow.components import promotion
 from ckptflow.components.pusher import serving
-from ckptflow.base import metadata, names, storage
+from ckptflow.base import identity, metadata, names, storage
 from ckptflow.base.errors import CkptflowError, ServingError
 from ckptflow.base.home import Home, exclusive_lock_if_idle
 from ckptflow.base.metadata import Store
@@ -105,7 +112,8 @@ class Finding:
 
   `subject` is the path (or artifact) concerned, `detail` one line saying
   what is wrong, `repair` what `repair` does about it; `repaired` is set
-  once it has.
+  once it has; `refused` says why a repair was refused (a path outside the
+  home's roots).
   """
 
   kind: str
@@ -114,12 +122,15 @@ class Finding:
   repair: str
   artifact_id: int | None = None
   repaired: bool = False
+  refused: str = ""
 
   def as_json(self) -> dict:
     return dataclasses.asdict(self)
 
   def line(self) -> str:
     done = f"  [repaired: {self.repair}]" if self.repaired else ""
+    if self.refused:
+      done = f"  [not repaired: {self.refused}]"
     return f"{self.kind:<19} {self.subject}: {self.detail}{done}"
 
 
@@ -130,8 +141,8 @@ def checkpoint_digest(directory: str) -> tuple[int, str]:
 
 
 def _under(path: str, root: str) -> bool:
-  path, root = os.path.abspath(path), os.path.abspath(root)
-  return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
+  # Symlinks resolved: a home reached through a link is the same home.
+  return storage.within_roots(path, [root])
 
 
 # --- checks ------------------------------------------------------------------
@@ -159,14 +170,14 @@ def _check_checkpoints(store, where: Home, verify_checksums: bool) -> list[Findi
   records = [r for r in ckpt_records.list_checkpoints(store) if _under(r.uri, where.home)]
   by_uri: dict[str, list[ckpt_records.CheckpointRecord]] = {}
   for record in records:
-    by_uri.setdefault(os.path.abspath(record.uri), []).append(record)
+    by_uri.setdefault(os.path.realpath(record.uri), []).append(record)
   finals, staging = _checkpoint_dirs(where.checkpoint_roots())
   for path in staging:
     findings.append(Finding(
         "checkpoint-staging", path, "unfinished checkpoint write (its writer died)",
         "deleted"))
   for path in finals:
-    owners = by_uri.get(path, [])
+    owners = by_uri.get(os.path.realpath(path), [])
     if not owners:
       findings.append(Finding(
           "checkpoint-orphan", path, "checkpoint directory has no Checkpoint "
@@ -207,13 +218,13 @@ def _check_exports(store, where: Home) -> list[Finding]:
   if not exports:
     return []
   models = store.get_artifacts_by_type("Model")
-  recorded = {os.path.abspath(m.uri) for m in models}
+  recorded = {os.path.realpath(m.uri) for m in models if m.uri}
   findings = []
   for path in exports:
     if path.endswith(CHECKPOINT_STAGING_SUFFIX):
       findings.append(Finding("export-staging", path,
                               "unfinished export (its process died)", "deleted"))
-    elif path not in recorded:
+    elif os.path.realpath(path) not in recorded:
       findings.append(Finding(
           "export-orphan", path, "exported SavedModel has no Model artifact (its "
           "process died before recording it)", "deleted"))
@@ -319,19 +330,23 @@ def check(store: Store, where: Home, *,
 # --- repairs -----------------------------------------------------------------
 
 
-def _remove_tree(path: str) -> None:
-  shutil.rmtree(path, ignore_errors=True)
-  if os.path.lexists(path):
-    raise CkptflowError(f"cannot delete {path!r}")
+def _remove_tree(path: str, where: Home) -> None:
+  try:
+    storage.remove_tree(path, where.roots)
+  except storage.OutsideRootsError:
+    raise
+  except OSError as e:
+    raise CkptflowError(f"cannot delete {path!r}: {e.strerror or e}") from e
 
 
-def _unpublish_version(path: str) -> None:
+def _unpublish_version(path: str, where: Home) -> None:
+  storage.check_within_roots(path, where.roots, action="unpublish")
   # Rename to a non-numeric name first: TF Serving (and our version
   # listing) stop seeing the version in one step, whatever happens next.
   hidden = os.path.join(os.path.dirname(path),
                         f"{_UNPUBLISH_PREFIX}{os.path.basename(path)}-{os.getpid()}")
   storage.publish_dir(path, hidden)
-  _remove_tree(hidden)
+  _remove_tree(hidden, where)
 
 
 def _mark_deleted(store, artifact_id: int, reason: str) -> None:
@@ -345,7 +360,7 @@ def _apply(store, where: Home, finding: Finding) -> None:
   kind = finding.kind
   if kind in ("checkpoint-staging", "checkpoint-orphan", "checkpoint-pruned",
               "export-staging", "export-orphan", "push-staging"):
-    _remove_tree(finding.subject)
+    _remove_tree(finding.subject, where)
   elif kind == "checkpoint-missing":
     ckpt_records.set_states(store, [finding.artifact_id],
                             metadata_store_pb2.Artifact.DELETED,
@@ -358,12 +373,11 @@ def _apply(store, where: Home, finding: Finding) -> None:
     _mark_deleted(store, finding.artifact_id, "doctor: version directory missing")
   elif kind == "models-config":
     if os.path.basename(finding.subject).startswith(serving.MODELS_CONFIG_TMP_PREFIX):
-      with contextlib.suppress(FileNotFoundError):
-        os.unlink(finding.subject)
+      storage.remove_file(finding.subject, where.roots)
     else:
       promotion.sync_models_config(store, where.serving_root)
   elif kind == "version-unrecorded":
-    _unpublish_version(finding.subject)
+    _unpublish_version(finding.subject, where)
   else:
     raise AssertionError(f"unknown finding kind {kind!r}")
 
@@ -383,6 +397,8 @@ def repair(store: Store, where: Home,
   """Resolves `findings` (see the module docstring); marks each repaired.
 
   The caller must hold the home's exclusive lock (`exclusive_lock_if_idle`).
+  A repair that would delete or rename outside `where.roots` is refused
+  (logged, and the finding's `refused` says why); the others go on.
 
   Raises:
     CkptflowError: a file cannot be deleted or MLMD cannot be written; the
@@ -392,7 +408,11 @@ def repair(store: Store, where: Home,
     for finding in findings:
       if finding.kind != kind:
         continue
-      _apply(store, where, finding)
+      try:
+        _apply(store, where, finding)
+      except storage.OutsideRootsError as e:
+        finding.refused = str(e)
+        continue
       finding.repaired = True
       _log.info("repaired %s %s: %s", finding.kind, finding.subject, finding.repair)
   return list(findings)
@@ -405,10 +425,13 @@ def diagnose(target: str, where: Home, *, fix: bool = False,
 
   Raises:
     MetadataError: the store does not exist or cannot be opened.
+    HomeMismatchError: the store is not this home's (a copy or a move of a
+      home; `operations.relocate`); nothing is written.
     CkptflowError: `fix` is set and another ckptflow command is writing in
       the home.
   """
   store = metadata.open_store(target, create=False)
+  identity.check(store, target, where)
   if not fix:
     with exclusive_lock_if_idle(where, create=False) as idle:
       return check(store, where, verify_checksums=verify_checksums), not idle
@@ -419,6 +442,7 @@ def diagnose(target: str, where: Home, *, fix: bool = False,
       raise CkptflowError(
           f"another ckptflow command is writing in {where.home!r}; --repair needs "
           "the home to itself. Run it again when that command has finished")
+    identity.check(store, target, where, adopt=True)
     findings = check(store, where, verify_checksums=verify_checksums)
     return repair(store, where, findings), False
 
@@ -427,7 +451,11 @@ def recover(target: str, where: Home) -> list[Finding]:
   """The recovery a writing command makes before it starts: repairs what
   killed commands left (every finding but checksum mismatches, which would
   cost a read of every checkpoint), if no other command is writing in the
-  home; otherwise does nothing. Returns what it repaired."""
+  home; otherwise does nothing. Returns what it repaired.
+
+  Raises:
+    HomeMismatchError: the store is not this home's; nothing is written.
+  """
   path = metadata.sqlite_path(target)
   if not os.path.isdir(where.home) or (path is not None and not os.path.isfile(path)):
     return []  # nothing was ever written here
@@ -437,8 +465,10 @@ def recover(target: str, where: Home) -> list[Finding]:
                 where.home)
       return []
     store = metadata.open_store(target, create=False)
+    identity.check(store, target, where, adopt=True)
     findings = repair(store, where, check(store, where, verify_checksums=False))
   for finding in findings:
-    _log.warning("recovered from an earlier crash: %s %s (%s)", finding.kind,
-                 finding.subject, finding.repair)
-  return findings
+    if finding.repaired:
+      _log.warning("recovered from an earlier crash: %s %s (%s)", finding.kind,
+                   finding.subject, finding.repair)
+  return [f for f in findings if f.repaired]

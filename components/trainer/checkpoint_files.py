@@ -12,9 +12,9 @@ leftovers are swept on the next start.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
-import shutil
 
 import tensorflow as tf
 
@@ -78,7 +78,7 @@ def publish(staged: str, final: str) -> None:
   if os.path.exists(final):
     # A directory left by an attempt whose registration never happened (the
     # process died between rename and MLMD); it is not in MLMD, replace it.
-    shutil.rmtree(final)
+    storage.remove_tree(final, (os.path.dirname(final),))
   storage.publish_dir(staged, final)
 
 
@@ -91,7 +91,8 @@ def sweep_staging(root: str) -> list[str]:
     for name in list(dirnames):
       if name.endswith(STAGING_SUFFIX):
         path = os.path.join(dirpath, name)
-        shutil.rmtree(path, ignore_errors=True)
+        with contextlib.suppress(OSError):
+          storage.remove_tree(path, (root,))
         removed.append(path)
         dirnames.remove(name)
   if removed:

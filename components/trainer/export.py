@@ -13,7 +13,6 @@ into place (`storage.publish_dir`), so a reader never sees a partial export.
 from __future__ import annotations
 
 import os
-import shutil
 from typing import Mapping
 
 import tensorflow as tf
@@ -54,8 +53,8 @@ def export_saved_model(model: tf.keras.Model, export_dir: str,
       {k: tf.TensorSpec([None, 1], tf.float32, name=k) for k in feature_keys})
 
   staging = export_dir.rstrip("/") + ".tmp"
-  if os.path.exists(staging):
-    shutil.rmtree(staging)
+  # A killed export's leftover, beside the export (the guard: nowhere else).
+  storage.remove_tree(staging, (os.path.dirname(os.path.abspath(staging)),))
   # tf.saved_model.save, not Keras' model.save: TF Serving and TFMA use the
   # signatures only, and Keras' own serialization (every layer's call traced
   # again, keras_metadata.pb) doubles the export time for nothing served.

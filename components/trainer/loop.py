@@ -32,11 +32,11 @@ Guarantees:
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import dataclasses
 import logging
 import math
 import os
-import shutil
 import time
 from typing import Mapping, Protocol, Sequence
 
@@ -46,6 +46,7 @@ from ckptflow.components.checkpoint import CheckpointRecord, NewCheckpoint
 from ckptflow.components.trainer import checkpoint_files
 from ckptflow.components.trainer import policies
 from ckptflow.components.trainer.contract import TrainingSetup, default_eval_step
+from ckptflow.base import storage
 from ckptflow.base.errors import CheckpointError
 from ckptflow.base.faults import fault_point
 from ckptflow.base.progress import TrainingReporter, current as current_progress
@@ -113,6 +114,12 @@ class Checkpointer:
   callback (`keras_callback.py`), so both produce the same checkpoints and
   MLMD records. `state` is the `tf.train.Checkpoint` of everything that must
   come back on resume.
+
+  Retention deletes only below this node's checkpoint root, the directory
+  two levels above `checkpoint_dir` (`<node>/checkpoints/<run>/exec-<id>`):
+  a record that names files anywhere else (a store copied along with its
+  home, or shared with another one) is left LIVE with its files, and the
+  refusal is logged (`storage.check_within_roots`).
   """
 
   def __init__(self, state: tf.train.Checkpoint, *, checkpoint_dir: str,
@@ -131,6 +138,7 @@ class Checkpointer:
         max_workers=1, thread_name_prefix="checkpoint-finisher")
     self._pending: list[concurrent.futures.Future] = []
     self.registered: list[CheckpointRecord] = []
+    self._roots = (os.path.dirname(os.path.dirname(os.path.abspath(checkpoint_dir))),)
     os.makedirs(checkpoint_dir, exist_ok=True)
 
   @property
@@ -181,8 +189,7 @@ class Checkpointer:
     # loses at most two intervals (one for sync saving).
     self.wait()
     staged = checkpoint_files.staging_dir(self._checkpoint_dir, step)
-    if os.path.exists(staged):
-      shutil.rmtree(staged)
+    storage.remove_tree(staged, self._roots)  # a killed attempt's leftover
     options = tf.train.CheckpointOptions(enable_async=self._async)
     self._state.write(checkpoint_files.prefix(staged), options=options)
     fault_point("checkpoint-write")
@@ -222,14 +229,23 @@ class Checkpointer:
     candidates = [policies.Candidate(id=r.id, step=r.step, metrics=r.metrics,
                                      protected=bool(r.protected)) for r in live]
     doomed_ids = {c.id for c in policies.to_prune(self._retention, candidates)}
-    doomed = [r for r in live if r.id in doomed_ids]
+    doomed = []
+    for record in live:
+      if record.id not in doomed_ids:
+        continue
+      try:
+        storage.check_within_roots(record.uri, self._roots)
+      except storage.OutsideRootsError:
+        continue  # logged; the record stays LIVE, its files untouched
+      doomed.append(record)
     if not doomed:
       return
     # MLMD first: a crash in between leaves stray files (swept by `doctor`),
     # never a LIVE artifact without its files.
     self._sink.mark_deleted(doomed)
     for record in doomed:
-      shutil.rmtree(record.uri, ignore_errors=True)
+      with contextlib.suppress(OSError):
+        storage.remove_tree(record.uri, self._roots)
     _log.info("pruned checkpoints at steps %s", [r.step for r in doomed])
 
 
