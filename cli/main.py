@@ -236,7 +236,8 @@ def _config_from_args(args, command: str, *, sample_data: bool = True) -> Pipeli
   if not config.data.path and sample_data:
     from ckptflow.pipeline.sample_data import write_sample_data
     sample_dir = write_sample_data(config.home_layout.sample_data_dir)
-    _log.info("no --data given: using the generated sample dataset in %s", sample_dir)
+    # The run says so when it starts (pipeline/runner.py execute).
+    _log.debug("no --data given: using the generated sample dataset in %s", sample_dir)
     config = config.replace(data={"path": sample_dir})
   return config
 

@@ -172,7 +172,9 @@ def preflight(config: PipelineConfig) -> tuple[str, ...]:
     CkptflowError: naming what is wrong; nothing has been written.
   """
   summary = data_validation.check_csv(config.data, num_classes=_num_classes(config))
-  _log.info("data: %d rows in %d file(s) checked", summary.rows, summary.files)
+  # Said once the run starts (`execute`): a run that fails here prints only
+  # its error line.
+  _log.debug("data: %d rows in %d file(s) checked", summary.rows, summary.files)
   target = config.metadata_target
   path = metadata.sqlite_path(target)
   store = None
@@ -196,6 +198,10 @@ def execute(config: PipelineConfig, feature_keys: tuple[str, ...]) -> None:
   runs this holds the home's shared lock, so that no repair mistakes its
   unfinished writes for debris, and points executors at the run's store.
   """
+  sample = os.path.abspath(config.data.path) == os.path.abspath(
+      config.home_layout.sample_data_dir)
+  _log.info("data: %s%s", "the generated sample dataset in " if sample else "",
+            config.data.path)
   reporter = progress.current()
   # Importing TFX (and TensorFlow with it) takes tens of seconds: say so.
   reporter.stage_started("loading TFX and TensorFlow")
