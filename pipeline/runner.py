@@ -11,19 +11,17 @@ import dataclasses
 import logging
 import os
 import shutil
-import sys
 from typing import Iterator
 
+from ckptflow.components.trainer import declarations
 from ckptflow.pipeline import data_validation
 from ckptflow.base import identity, metadata, mlmd, progress, storage
 from ckptflow.base.home import Home, shared_lock
 from ckptflow.pipeline.config import PipelineConfig
-from ckptflow.base.errors import CheckpointError, CkptflowError, ConfigError
+from ckptflow.base.errors import CheckpointError, CkptflowError, ConfigError, Interrupted
 
 MIN_FREE_ENV = "CKPTFLOW_MIN_FREE_MB"
 DEFAULT_MIN_FREE_MB = 64
-DEFAULT_MODULE = "ckptflow.pipeline.model"
-DEFAULT_NUM_CLASSES = 3  # pipeline/model.py's default num_classes
 
 _log = logging.getLogger(__name__)
 
@@ -114,13 +112,49 @@ def prepare_home(config: PipelineConfig) -> None:
     storage.create_dir(path, what)
 
 
-def _num_classes(config: PipelineConfig) -> int | None:
-  """The class count labels must stay below, where the config says it (the
-  example model's default is 3)."""
+def check_module(config: PipelineConfig) -> declarations.ModuleDeclarations:
+  """Checks the model module against the config without running it: it
+  exists and parses, the packages it imports are installed, it defines
+  what `training.style` calls, and (where it declares them) accepts the
+  config's hyperparameters, has the metric `best_metric` names and offers
+  `evaluation.metric`. Imports neither TensorFlow nor the module itself
+  (`components/trainer/declarations.py`).
+
+  Raises:
+    ConfigError: naming the setting, the value and what was expected.
+  """
+  training = config.training
+  declared = declarations.read(training.module)
+  declarations.check_imports(declared)
+  declarations.check_entry_point(declared, training.style)
+  declarations.check_hyperparameters(declared, training.hyperparameters)
+  if training.keep_best or training.warm_start == "best":
+    names = declarations.checkpoint_metrics(declared, training.style,
+                                            with_eval=training.eval_every > 0)
+    if names is not None and training.best_metric not in names:
+      used_by = "keep_best" if training.keep_best else "warm_start = 'best'"
+      raise ConfigError(
+          f"config: training.best_metric is invalid (used by {used_by}). Received: "
+          f"{training.best_metric!r}. Expected a metric {training.module}'s "
+          f"checkpoints carry with training.style = {training.style!r}"
+          f"{' and eval_every' if training.eval_every else ''}: {', '.join(names)}")
+  offered = declared.evaluation_metrics
+  if offered is not None and config.evaluation.metric not in offered:
+    raise ConfigError(
+        f"config: evaluation.metric is invalid. Received: {config.evaluation.metric!r}. "
+        f"Expected a metric {training.module} declares for evaluation: {', '.join(offered)}")
+  return declared
+
+
+def _configured_num_classes(config: PipelineConfig) -> int | None:
   value = config.training.hyperparameters.get("num_classes")
-  if value is None and config.training.module == DEFAULT_MODULE:
-    value = DEFAULT_NUM_CLASSES
-  return value if isinstance(value, int) and not isinstance(value, bool) else None
+  if value is None:
+    return None
+  if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+    raise ConfigError(f"config: {data_validation.NUM_CLASSES_SETTING} is invalid. "
+                      f"Received: {value!r}. Expected a positive integer (or leave it "
+                      "out to infer it from the data)")
+  return value
 
 
 def check_warm_start(config: PipelineConfig) -> None:
@@ -161,20 +195,43 @@ def check_warm_start(config: PipelineConfig) -> None:
                           "corrupted: its files do not match the recorded sha256")
 
 
-def preflight(config: PipelineConfig) -> tuple[str, ...]:
-  """Everything that can be checked before anything is written: the data
-  (every row), a metadata server's reachability, that an existing store is
-  this home's (`identity.check`: not a copied or moved home's), the
-  warm-start checkpoint, free space and writable directories. Returns the
-  feature columns.
+@dataclasses.dataclass(frozen=True)
+class Checked:
+  """What the preflight decided: the config to run (with `num_classes`
+  inferred from the data where the module declares it and the config
+  leaves it out) and the feature columns."""
+
+  config: PipelineConfig
+  feature_keys: tuple[str, ...]
+  # What it found worth saying (rows checked, num_classes inferred); said
+  # when the run starts, so that a run failing a check prints one line.
+  notes: tuple[str, ...] = ()
+
+
+def preflight(config: PipelineConfig) -> Checked:
+  """Everything that can be checked before anything is written: the model
+  module and its hyperparameters and metric names, the data (every row),
+  a metadata server's reachability, that an existing store is this home's
+  (`identity.check`: not a copied or moved home's), the warm-start
+  checkpoint, free space and writable directories. Imports neither
+  TensorFlow nor TFX.
 
   Raises:
     CkptflowError: naming what is wrong; nothing has been written.
   """
-  summary = data_validation.check_csv(config.data, num_classes=_num_classes(config))
-  # Said once the run starts (`execute`): a run that fails here prints only
-  # its error line.
-  _log.debug("data: %d rows in %d file(s) checked", summary.rows, summary.files)
+  declared = check_module(config)
+  configured = _configured_num_classes(config)
+  summary = data_validation.check_csv(config.data, num_classes=configured)
+  sample = os.path.abspath(config.data.path) == os.path.abspath(
+      config.home_layout.sample_data_dir)
+  notes = [f"data: {summary.rows} rows in {summary.files} file(s) checked in "
+           + ("the generated sample dataset " if sample else "") + config.data.path]
+  if (configured is None and declared.hyperparameters is not None
+      and "num_classes" in declared.hyperparameters):
+    notes.append(f"num_classes: {summary.num_classes}, inferred from the labels in the "
+                 f"data (set {data_validation.NUM_CLASSES_SETTING} to choose)")
+    config = config.replace(training={"hyperparameters": {
+        **config.training.hyperparameters, "num_classes": summary.num_classes}})
   target = config.metadata_target
   path = metadata.sqlite_path(target)
   store = None
@@ -188,7 +245,7 @@ def preflight(config: PipelineConfig) -> tuple[str, ...]:
   check_warm_start(config)
   check_directories(config)
   check_free_space(config)
-  return summary.feature_keys
+  return Checked(config=config, feature_keys=summary.feature_keys, notes=tuple(notes))
 
 
 def execute(config: PipelineConfig, feature_keys: tuple[str, ...]) -> None:
@@ -198,10 +255,6 @@ def execute(config: PipelineConfig, feature_keys: tuple[str, ...]) -> None:
   runs this holds the home's shared lock, so that no repair mistakes its
   unfinished writes for debris, and points executors at the run's store.
   """
-  sample = os.path.abspath(config.data.path) == os.path.abspath(
-      config.home_layout.sample_data_dir)
-  _log.info("data: %s%s", "the generated sample dataset in " if sample else "",
-            config.data.path)
   reporter = progress.current()
   # Importing TFX (and TensorFlow with it) takes tens of seconds: say so.
   reporter.stage_started("loading TFX and TensorFlow")
@@ -253,12 +306,9 @@ class StageWatcher(logging.Filter):
 
 
 def _interrupted(error: BaseException) -> bool:
-  """Whether `error` is a Ctrl-C or the Trainer stopping on a signal after
-  saving (`TrainingInterrupted`, which exists only once the training loop's
-  module, and TensorFlow with it, is loaded)."""
-  loop = sys.modules.get("ckptflow.components.trainer.loop")
-  kinds = (KeyboardInterrupt,) + ((loop.TrainingInterrupted,) if loop else ())
-  return isinstance(error, kinds)
+  """Whether `error` is a Ctrl-C or a signal that stopped the work after it
+  saved (`Interrupted`: the Trainer's `TrainingInterrupted`, or SIGTERM)."""
+  return isinstance(error, (KeyboardInterrupt, Interrupted))
 
 
 @contextlib.contextmanager
