@@ -685,7 +685,15 @@ def main(argv: Sequence[str] | None = None) -> int:
   _configure_logging(args.verbose)
   handler: Callable = args.handler
   try:
-    return handler(args)
+    status = handler(args)
+    sys.stdout.flush()  # a closed pipe shows here, not at interpreter exit
+    return status
+  except BrokenPipeError:
+    # The reader of stdout went away (`ckptflow checkpoints --json | head`):
+    # stop quietly with SIGPIPE's status, as `cat` does; stdout is pointed at
+    # /dev/null so the interpreter's final flush cannot fail again.
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return 128 + signal.SIGPIPE
   except CkptflowError as e:
     message = " ".join(str(e).split())
     print(f"ckptflow: error: {message}", file=sys.stderr)
