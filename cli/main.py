@@ -20,6 +20,7 @@ import os
 import shlex
 import signal
 import sys
+import warnings
 from typing import Callable, Sequence
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")  # before TensorFlow loads
@@ -102,7 +103,8 @@ def cmd_promote(args) -> int:
   store = _open_home_store(args)
   result = promote.promote_checkpoint(
       store, args.checkpoint, home=_home(args), label=args.label, force=args.force,
-      config_path=args.config, model_name=args.model_name, serving_dir=args.serving_dir)
+      config_path=args.config, model_name=args.model_name, serving_dir=args.serving_dir,
+      reason=args.reason)
   _adopt(args, store)
   if args.json:
     _print_json(result.as_json())
@@ -120,7 +122,8 @@ def cmd_rollback(args) -> int:
   store = _open_home_store(args)
   where = _where(args)
   with shared_lock(where):  # no repair runs while we write
-    previous, current = promotion.rollback(store, where.serving_root, model, args.to)
+    previous, current = promotion.rollback(store, where.serving_root, model, args.to,
+                                           user_reason=args.reason)
   _adopt(args, store)
   labels = promotion.current_labels(store, model)
   if args.json:
@@ -132,6 +135,47 @@ def cmd_rollback(args) -> int:
   else:
     print(f"{model}: stable moved from version {previous} to version {current}; "
           f"models.config rewritten ({where.models_config})")
+  return 0
+
+
+def cmd_history(args) -> int:
+  from ckptflow.base.names import validate_model_name
+  model = validate_model_name(args.model)
+  from ckptflow.operations import history
+  at = history.parse_time(args.at) if args.at is not None else None
+  store = _open_existing_store(args)
+  entries = history.history(store, model)
+  if at is not None:
+    state = history.labels_at(store, model, at, entries)
+    if args.json:
+      _print_json(state.as_json())
+    elif not state.labels and state.newest_version is None:
+      print(f"{model} at {state.at}: nothing was served yet")
+    else:
+      labels = ", ".join(f"{k}=version {v}" for k, v in state.labels.items()) or "no labels"
+      print(f"{model} at {state.at}: {labels}; newest version {state.newest_version}")
+    return 0
+  if args.json:
+    _print_json({"model_name": model, "history": [e.as_json() for e in entries]})
+  else:
+    for entry in entries:
+      print(entry.line())
+  return 0
+
+
+def cmd_gc(args) -> int:
+  from ckptflow.operations import gc
+  gc.check_settings(args.keep_versions, args.keep_exports)  # before opening anything
+  store = _open_home_store(args)
+  result = gc.collect(store, _where(args), keep_versions=args.keep_versions,
+                      keep_exports=args.keep_exports, dry_run=args.dry_run)
+  if not args.dry_run:
+    _adopt(args, store)
+  if args.json:
+    _print_json(result.as_json())
+  else:
+    for line in result.lines():
+      print(line)
   return 0
 
 
@@ -196,6 +240,9 @@ def _add_serving_commands(commands) -> None:
   promote.add_argument("--config", help="TOML config for the blessing rule and model "
                        "name (default: what the checkpoint's pipeline run recorded)")
   promote.add_argument("--model-name", help="served model name (default: the run's)")
+  promote.add_argument("--reason", default="", metavar="TEXT",
+                       help="why: recorded in MLMD with the user and host, shown by "
+                       "history, lineage and the report")
   promote.set_defaults(handler=cmd_promote)
 
   rollback = commands.add_parser(
@@ -207,7 +254,39 @@ def _add_serving_commands(commands) -> None:
   rollback.add_argument("model", metavar="MODEL", help="served model name")
   rollback.add_argument("--to", type=int, metavar="VERSION",
                         help="the served version to roll back to")
+  rollback.add_argument("--reason", default="", metavar="TEXT",
+                        help="why: recorded in MLMD with the user and host, shown by "
+                        "history, lineage and the report")
   rollback.set_defaults(handler=cmd_rollback)
+
+  history = commands.add_parser(
+      "history", help="every push, label change and removal of a model, with who and why",
+      parents=flags.parents(flags.json_flag()),
+      description="List every push, label change (rollback, re-promotion) and gc "
+      "removal of MODEL in the order MLMD recorded them: time, version, label, the "
+      "checkpoint and run it came from, forced or blessed, user, host and reason. "
+      "With --at TIME: which version held each label at that time.")
+  history.add_argument("model", metavar="MODEL", help="served model name")
+  history.add_argument("--at", metavar="TIME", help="an ISO 8601 time (local, or with "
+                       "Z / an offset), e.g. 2026-11-29T14:00")
+  history.set_defaults(handler=cmd_history)
+
+  gc = commands.add_parser(
+      "gc", help="remove served versions, exports and checkpoint files nothing needs",
+      parents=flags.parents(flags.serving_dir_flag(), flags.json_flag()),
+      description="Remove served versions that hold no label and are not among the "
+      "newest N of their model (unlisted from models.config first, then deleted, then "
+      "marked DELETED in MLMD), exports no kept version or explicit export needs, and "
+      "files of pruned checkpoints. Never a labelled version, the newest version, or "
+      "anything outside the home's roots.")
+  gc.add_argument("--keep-versions", type=int, default=3, metavar="N",
+                  help="keep the newest N versions of each model besides the labelled "
+                  "ones (N >= 1; default: 3)")
+  gc.add_argument("--keep-exports", type=int, default=0, metavar="N",
+                  help="also keep the newest N exports that nothing needs (default: 0)")
+  gc.add_argument("--dry-run", action="store_true",
+                  help="list what would go and the bytes it would free; change nothing")
+  gc.set_defaults(handler=cmd_gc)
 
   lineage = commands.add_parser(
       "lineage", help="where a served model or artifact came from",
@@ -247,7 +326,8 @@ def _config_from_args(args, command: str) -> PipelineConfig:
   if not config.data.path and sample_data:
     from ckptflow.pipeline.sample_data import write_sample_data
     sample_dir = write_sample_data(config.home_layout.sample_data_dir)
-    _log.info("no --data given: using the generated sample dataset in %s", sample_dir)
+    # The run says so when it starts (pipeline/runner.py execute).
+    _log.debug("no --data given: using the generated sample dataset in %s", sample_dir)
     config = config.replace(data={"path": sample_dir})
   return config
 
@@ -305,24 +385,49 @@ def cmd_run(args) -> int:
 # --- checkpoints -------------------------------------------------------------
 
 
+def checkpoint_table(records, served_as) -> list[str]:
+  """The lines `ckptflow checkpoints` prints: one column per metric (named
+  in full, as wide as its name or widest value), then what the checkpoint is
+  behind (`served_as`: id -> ["penguin:1 (stable)", ...]) or kept for, then
+  its uri."""
+  names = sorted({name for r in records for name in r.metrics})
+  cells = [[f"{r.metrics[n]:.4g}" if n in r.metrics else "-" for n in names]
+           for r in records]
+  notes = []
+  for r in records:
+    note = [f"served {', '.join(served_as[r.id])}"] if served_as.get(r.id) else []
+    if r.protected:
+      note.append(f"[{r.protected}]")
+    notes.append(" ".join(note))
+  widths = [max([len(n)] + [len(row[k]) for row in cells]) for k, n in enumerate(names)]
+  note_width = max([len("served")] + [len(n) for n in notes])
+  def line(first: str, values: list[str], note: str, uri: str) -> str:
+    metrics = " ".join(v.rjust(w) for v, w in zip(values, widths))
+    return f"{first} {metrics} {note.ljust(note_width)} {uri}".rstrip()
+  lines = [line(f"{'id':>6} {'step':>7} {'state':<9}", names, "served", "uri")]
+  for r, values, note in zip(records, cells, notes):
+    lines.append(line(f"{r.id:>6} {r.step:>7} {r.state:<9}", values, note, r.uri))
+  return lines
+
+
 def cmd_checkpoints(args) -> int:
   from ckptflow.components.checkpoint import list_checkpoints
   from ckptflow.base import metadata
+  from ckptflow.operations import lineage
   store = metadata.open_store(_metadata_target(args), create=False)
   records = list_checkpoints(store)
   if not args.all:
     records = [r for r in records if r.live]
+  served_as = lineage.served_checkpoints(store, _where(args).serving_root) if records else {}
   if args.json:
-    _print_json({"checkpoints": [r.as_json() for r in records]})
+    _print_json({"checkpoints": [r.as_json() | {"served_as": served_as.get(r.id, [])}
+                                 for r in records]})
     return 0
   if not records:
     print("no checkpoints" + ("" if args.all else " (use --all to include pruned ones)"))
     return 0
-  print(f"{'id':>6} {'step':>7} {'state':<9} {'metrics':<44} uri")
-  for r in records:
-    metrics = " ".join(f"{k}={v:.4g}" for k, v in sorted(r.metrics.items()))
-    flag = f" [{r.protected}]" if r.protected else ""
-    print(f"{r.id:>6} {r.step:>7} {r.state:<9} {metrics[:44]:<44} {r.uri}{flag}")
+  for text in checkpoint_table(records, served_as):
+    print(text)
   return 0
 
 
@@ -489,10 +594,9 @@ def _add_report_command(commands) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(
-      prog="ckptflow",
+      prog="ckptflow", parents=[flags.verbose_flag(top_level=True)],
       description="Train, track and serve TensorFlow models in a TFX pipeline whose "
       "every checkpoint is an ML Metadata artifact.")
-  parser.add_argument("-v", "--verbose", action="store_true", help="show TFX and Beam logs")
   commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
   run = commands.add_parser("run", help="run the pipeline end to end",
@@ -501,8 +605,11 @@ def build_parser() -> argparse.ArgumentParser:
                             "Pusher on this machine. Flags override the config file.")
   run.set_defaults(handler=cmd_run)
 
-  checkpoints = commands.add_parser("checkpoints", help="list checkpoints recorded in MLMD",
-                                    parents=flags.parents(flags.json_flag()))
+  checkpoints = commands.add_parser(
+      "checkpoints", help="list checkpoints recorded in MLMD",
+      parents=flags.parents(flags.serving_dir_flag(), flags.json_flag()),
+      description="List checkpoints: id, step, state, each metric, the served "
+      "versions (and labels) whose model came from the checkpoint, uri.")
   checkpoints.add_argument("--all", action="store_true", help="include pruned checkpoints")
   checkpoints.set_defaults(handler=cmd_checkpoints)
 
@@ -531,18 +638,43 @@ def build_parser() -> argparse.ArgumentParser:
   return parser
 
 
+# Quiet by default: the log lines a user sees come from ckptflow's loggers;
+# other libraries' records show from ERROR up. --verbose shows everything.
+_OWN_LOGGER = "ckptflow"
+_QUIET_LEVEL = logging.ERROR
+
+
+def _own_lines_only(record: logging.LogRecord) -> bool:
+  own = record.name == _OWN_LOGGER or record.name.startswith(_OWN_LOGGER + ".")
+  return own or record.levelno >= _QUIET_LEVEL
+
+
 def _configure_logging(verbose: bool) -> None:
-  logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                      format="%(asctime)s %(levelname).1s %(name)s: %(message)s")
-  if not verbose:
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    for noisy in ("absl", "apache_beam", "tensorflow", "root"):
-      logging.getLogger(noisy).setLevel(logging.WARNING)
-    try:
-      from absl import logging as absl_logging
-      absl_logging.set_verbosity(absl_logging.WARNING)
-    except ImportError:
-      pass
+  """Sets up standard error before anything imports TensorFlow: one handler
+  that keeps the live progress line intact, and, unless `verbose`, no
+  Python warnings, no TensorFlow C++ log below FATAL (it prints "Unable to
+  register cuFFT factory" and other ERROR-level notices on a CPU machine),
+  and no other library's INFO/WARNING records. The environment carries the
+  first two to subprocesses (Beam workers); TF_CPP_MIN_LOG_LEVEL and
+  PYTHONWARNINGS set by the user win."""
+  from ckptflow.base import progress
+  handler = progress.ProgressAwareHandler(sys.stderr)
+  handler.setFormatter(logging.Formatter("%(asctime)s %(levelname).1s %(name)s: %(message)s"))
+  root = logging.getLogger()
+  for old in [h for h in root.handlers if isinstance(h, progress.ProgressAwareHandler)]:
+    root.removeHandler(old)  # main() called again in one process
+  root.addHandler(handler)
+  root.setLevel(logging.INFO)
+  if verbose:
+    return
+  handler.addFilter(_own_lines_only)
+  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # read when TensorFlow loads
+  os.environ.setdefault("PYTHONWARNINGS", "ignore")  # read by each new interpreter
+  warnings.simplefilter("ignore")
+  # Fewer records to make and drop; "absl" stays at INFO: the local runner
+  # reads the TFX runners' stage records from it (pipeline/runner.py).
+  for noisy in ("apache_beam", "tensorflow"):
+    logging.getLogger(noisy).setLevel(_QUIET_LEVEL)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -553,7 +685,15 @@ def main(argv: Sequence[str] | None = None) -> int:
   _configure_logging(args.verbose)
   handler: Callable = args.handler
   try:
-    return handler(args)
+    status = handler(args)
+    sys.stdout.flush()  # a closed pipe shows here, not at interpreter exit
+    return status
+  except BrokenPipeError:
+    # The reader of stdout went away (`ckptflow checkpoints --json | head`):
+    # stop quietly with SIGPIPE's status, as `cat` does; stdout is pointed at
+    # /dev/null so the interpreter's final flush cannot fail again.
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return 128 + signal.SIGPIPE
   except CkptflowError as e:
     message = " ".join(str(e).split())
     print(f"ckptflow: error: {message}", file=sys.stderr)

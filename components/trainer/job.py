@@ -33,6 +33,7 @@ from ckptflow.components.trainer.distribution import Cluster, check_variables
 from ckptflow.components.trainer.keras_callback import fit_with_checkpoints
 from ckptflow.components.trainer.loop import LoopResult, LoopSettings, TrainingLoop
 from ckptflow.base.errors import CheckpointError, ConfigError
+from ckptflow.base.progress import TrainingReporter
 
 _log = logging.getLogger(__name__)
 
@@ -60,6 +61,8 @@ class TrainerSettings:
   eval_every: int
   seed: int
   hyperparameters: Mapping[str, Any]
+  warm_start_mode: str = "weights"
+  warm_start_step: bool = False
   distribution: str = "none"
   replicas: int = 1
   workers: int = 1
@@ -86,6 +89,8 @@ class TrainerSettings:
         eval_every=int(props.get("eval_every") or 0),
         seed=int(props.get("seed") or 0),
         hyperparameters=json.loads(props.get("hyperparameters") or "{}"),
+        warm_start_mode=props.get("warm_start_mode") or "weights",
+        warm_start_step=bool(int(props.get("warm_start_step") or 0)),
         distribution=props.get("distribution") or "none",
         replicas=int(props.get("replicas") or 1),
         workers=int(props.get("workers") or 1),
@@ -282,7 +287,10 @@ def train(job: TrainingJob, *, sink, cluster: Cluster | None = None,
     result = fit_with_checkpoints(
         model, batches=batches, settings=loop_settings, save_policy=settings.save_policy(),
         retention=settings.retention_policy(), sink=sink, warm_start=warm_start,
-        signal_policy=signal_policy, cluster=cluster)
+        warm_start_mode=settings.warm_start_mode,
+        warm_start_step=settings.warm_start_step,
+        signal_policy=signal_policy, cluster=cluster,
+        progress=None if is_chief else TrainingReporter())
     return model, result
 
   if not hasattr(module, "build_training"):
@@ -305,16 +313,19 @@ def train(job: TrainingJob, *, sink, cluster: Cluster | None = None,
       retention=settings.retention_policy(), sink=sink, signal_policy=signal_policy,
       summary_dir=job.summary_dir if is_chief else None, cluster=cluster,
       # One progress display per job: the chief's.
-      progress=None if is_chief else (lambda line: None))
+      progress=None if is_chief else TrainingReporter())
   resumed = loop.resume()
   if warm_start is not None:
     if cluster is None:
       if resumed is None:
-        loop.warm_start(warm_start())
+        loop.warm_start(warm_start(), mode=settings.warm_start_mode,
+                        restore_step=settings.warm_start_step)
     else:
       # Whether to warm-start is the chief's call (only it knows whether
       # it resumed); every worker then loads the weights it picks.
       [resumed_anywhere] = cluster.agree([float(resumed is not None)])
       if not resumed_anywhere:
-        loop.checkpointer.warm_start(warm_start(), setup.model)
+        loop.checkpointer.warm_start(warm_start(), setup.model,
+                                     mode=settings.warm_start_mode,
+                                     restore_step=settings.warm_start_step)
   return setup.model, loop.run(resumed)

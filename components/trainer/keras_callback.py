@@ -33,6 +33,7 @@ from ckptflow.components.trainer.distribution import Cluster
 from ckptflow.components.trainer.loop import (Checkpointer, CheckpointSink, LoopResult,
                                               LoopSettings, TrainingInterrupted)
 from ckptflow.base.faults import fault_point
+from ckptflow.base.progress import TrainingReporter, current as current_progress
 
 
 class CheckpointCallback(tf.keras.callbacks.Callback):
@@ -44,8 +45,10 @@ class CheckpointCallback(tf.keras.callbacks.Callback):
                train_steps: int, steps_per_epoch: int,
                save_policy: policies.SavePolicy,
                signal_policy: policies.OnSignal | None = None,
+               progress: TrainingReporter | None = None,
                cluster: Cluster | None = None):
     super().__init__()
+    self._progress = progress or TrainingReporter()
     self._cluster = cluster
     self._checkpointer = checkpointer
     self._step = step
@@ -83,6 +86,7 @@ class CheckpointCallback(tf.keras.callbacks.Callback):
       received = (received or 15) if agreed_signal else None
     if save:
       self._save(step, epoch)
+    self._progress.step(step, self.last_metrics.get("loss"))
     if received is not None:
       if self._last_saved_step != step:
         self._save(step, epoch)
@@ -99,6 +103,7 @@ class CheckpointCallback(tf.keras.callbacks.Callback):
   def _save(self, step: int, epoch: int) -> None:
     self._checkpointer.save(step, epoch, self.last_metrics)
     self._last_saved_step, self._last_saved_time = step, time.monotonic()
+    self._progress.checkpoint_saved(step)
 
 
 def fit_with_checkpoints(model: tf.keras.Model, *, batches: tf.data.Dataset,
@@ -106,12 +111,16 @@ def fit_with_checkpoints(model: tf.keras.Model, *, batches: tf.data.Dataset,
                          retention: policies.RetentionPolicy, sink: CheckpointSink,
                          extra_variables: Mapping[str, tf.Variable] | None = None,
                          warm_start: Callable[[], CheckpointRecord] | None = None,
+                         warm_start_mode: str = "weights", warm_start_step: bool = False,
                          signal_policy: policies.OnSignal | None = None,
                          callbacks: list | None = None,
+                         progress: TrainingReporter | None = None,
                          cluster: Cluster | None = None) -> LoopResult:
   """Trains compiled `model` with `model.fit` to `settings.train_steps`,
   resuming from the sink's newest intact checkpoint if there is one, else
   loading the weights of the checkpoint `warm_start()` picks, if given.
+  Tells `progress` (default: the process's `base.progress` display) how
+  training goes.
 
   Under `cluster`, `model` was built and compiled in its scope, `batches`
   are global batches, and `sink` is the chief's (None on other workers).
@@ -139,21 +148,31 @@ def fit_with_checkpoints(model: tf.keras.Model, *, batches: tf.data.Dataset,
       # The chief knows whether it resumed; every worker must take part.
       [resumed_anywhere] = cluster.agree([float(resumed is not None)])
       if not resumed_anywhere:
-        checkpointer.warm_start(warm_start(), model)
+        checkpointer.warm_start(warm_start(), model, mode=warm_start_mode,
+                                restore_step=warm_start_step)
     elif resumed is None and warm_start is not None:
-      checkpointer.warm_start(warm_start(), model)
+      checkpointer.warm_start(warm_start(), model, mode=warm_start_mode,
+                              restore_step=warm_start_step)
     start = int(step.numpy())
     remaining = settings.train_steps - start
+    reporter = progress or current_progress()
     callback = CheckpointCallback(
         checkpointer, step, train_steps=settings.train_steps,
         steps_per_epoch=max(1, math.ceil(settings.examples_per_epoch / settings.batch_size)),
-        save_policy=save_policy, signal_policy=signal_policy, cluster=cluster)
-    if remaining > 0:
-      # The iterator, not the dataset: its position is in the checkpoint.
-      # Under a strategy, the data from this step on, split per replica.
-      data = iterator if cluster is None else replica_slices(cluster, batches, start)
-      model.fit(data, steps_per_epoch=remaining, epochs=1, verbose=0,
-                callbacks=[callback] + list(callbacks or []))
+        save_policy=save_policy, signal_policy=signal_policy, progress=reporter,
+        cluster=cluster)
+    reporter.training_started(start, settings.train_steps)
+    outcome = "failed"
+    try:
+      if remaining > 0:
+        # The iterator, not the dataset: its position is in the checkpoint.
+        # Under a strategy, the data from this step on, split per replica.
+        data = iterator if cluster is None else replica_slices(cluster, batches, start)
+        model.fit(data, steps_per_epoch=remaining, epochs=1, verbose=0,
+                  callbacks=[callback] + list(callbacks or []))
+      outcome = "finished" if callback.interrupted is None else "interrupted"
+    finally:
+      reporter.training_finished(int(step.numpy()), outcome)
     if callback.interrupted is not None:
       raise callback.interrupted
   finally:

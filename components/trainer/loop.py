@@ -10,7 +10,9 @@ extra variables, the step counter, the RNG and the input iterator (so a
 resumed run continues at the same place in the data). It asks a
 `SavePolicy` when to save, writes each checkpoint atomically
 (`checkpoint_files`), hands it to a `CheckpointSink` (MLMD) once it is
-complete and verified, and prunes with a `RetentionPolicy`.
+complete and verified, and prunes with a `RetentionPolicy`. It tells a
+`TrainingReporter` (by default the process's `base.progress` display) the
+step, loss and last checkpoint as it goes.
 
 Guarantees:
 * A checkpoint reaches the sink only after its files are complete, readable
@@ -46,10 +48,9 @@ import logging
 import math
 import os
 import signal
-import sys
 import tempfile
 import time
-from typing import Callable, Mapping, Protocol, Sequence
+from typing import Mapping, Protocol, Sequence
 
 import tensorflow as tf
 
@@ -61,6 +62,7 @@ from ckptflow.components.trainer.distribution import Cluster
 from ckptflow.base import storage
 from ckptflow.base.errors import CheckpointError, Interrupted
 from ckptflow.base.faults import fault_point
+from ckptflow.base.progress import TrainingReporter, current as current_progress
 
 _log = logging.getLogger(__name__)
 
@@ -107,7 +109,6 @@ class LoopSettings:
   batch_size: int
   async_checkpoint: bool = False
   eval_every: int = 0
-  log_every: int = 50
 
 
 @dataclasses.dataclass
@@ -204,8 +205,10 @@ class Checkpointer:
     return record
 
   def _restore_shared(self, key: str, record: CheckpointRecord | None,
-                      weights_of: tf.keras.Model | None = None) -> None:
-    """The chief's choice of `record` restored on every worker."""
+                      parts: dict | None = None, *, complete: bool = True) -> None:
+    """The chief's choice of `record` restored on every worker: the whole
+    state, or only `parts` (a warm start; `complete`: every object in them
+    must come from the checkpoint)."""
     cluster = self._cluster
     plan = json.loads(cluster.share(
         f"ckptflow/{key}",
@@ -216,9 +219,11 @@ class Checkpointer:
     if plan is not None and not self.is_chief:
       try:
         checkpoint_files.verify_against_record(plan["uri"], plan["checksum"])
-        target = tf.train.Checkpoint(model=weights_of) if weights_of else self._state
+        target = tf.train.Checkpoint(**parts) if parts else self._state
         status = target.read(checkpoint_files.prefix(plan["uri"]))
-        if weights_of:
+        if parts:
+          if complete:
+            status.assert_existing_objects_matched()
           status.expect_partial()
         else:
           status.assert_existing_objects_matched()
@@ -232,27 +237,61 @@ class Checkpointer:
           f"{cluster.num_workers - int(restored)} worker(s) could not restore checkpoint "
           f"{plan['id']} ({plan['uri']}){': ' + problem if problem else ''}")
 
-  def warm_start(self, record: CheckpointRecord | None, model: tf.keras.Model) -> None:
-    """Loads `model`'s weights (not optimizers, step or data position) from
-    `record`, and records it as an input of this run. Under a cluster the
-    chief passes the record, the others None (they load the chief's)."""
+  def _warm_start_parts(self, model: tf.keras.Model, mode: str, restore_step: bool) -> dict:
+    """What a warm start of `mode` restores."""
+    parts: dict = {"model": model}
+    if mode == "full":
+      parts["optimizers"] = self._state.optimizers
+      parts["variables"] = self._state.variables
+      if restore_step:
+        parts["step"] = self._state.step
+    return parts
+
+  def warm_start(self, record: CheckpointRecord | None, model: tf.keras.Model, *,
+                 mode: str = "weights", restore_step: bool = False) -> None:
+    """Starts this run from `record`, and records it as an input of this
+    run (INPUT event key `warm_start`, then the mode: `weights`, `full` or
+    `full+step`).
+
+    mode "weights": `model`'s weights only (the optimizers start fresh, the
+    step at 0). mode "full": also every optimizer (slots and iterations;
+    Keras creates slots on the first step and they are filled from the
+    checkpoint then) and the extra variables; the step too with
+    `restore_step`, else it starts at 0. Never the RNG or the data position:
+    a warm start is a new run.
+
+    Under a cluster the chief passes the record, the others None: they load
+    the chief's pick, the same parts.
+    """
+    if mode not in ("weights", "full"):
+      raise ValueError(f"warm start mode must be 'weights' or 'full'. Received: {mode!r}")
     if self._cluster is not None:
       if self.is_chief:
-        self._warm_start_local(record, model)
-      self._restore_shared("warm_start", record, weights_of=model)
+        self._warm_start_local(record, model, mode, restore_step)
+      self._restore_shared("warm_start", record,
+                           self._warm_start_parts(model, mode, restore_step),
+                           complete=mode == "full")
       return
-    self._warm_start_local(record, model)
+    self._warm_start_local(record, model, mode, restore_step)
 
-  def _warm_start_local(self, record: CheckpointRecord, model: tf.keras.Model) -> None:
-    _log.info("warm start from checkpoint %d (step %d)", record.id, record.step)
+  def _warm_start_local(self, record: CheckpointRecord, model: tf.keras.Model,
+                        mode: str, restore_step: bool) -> None:
+    _log.info("warm start (%s) from checkpoint %d (step %d)", mode, record.id, record.step)
     checkpoint_files.verify_against_record(record.uri, record.checksum)
-    weights_only = tf.train.Checkpoint(model=model)
+    partial = tf.train.Checkpoint(**self._warm_start_parts(model, mode, restore_step))
     try:
-      weights_only.read(checkpoint_files.prefix(record.uri)).expect_partial()
-    except (tf.errors.OpError, ValueError) as e:
+      status = partial.read(checkpoint_files.prefix(record.uri))
+      if mode == "full":
+        # Every model, optimizer and extra variable that exists now must
+        # come from the checkpoint (slots created later are restored then).
+        status.assert_existing_objects_matched()
+      status.expect_partial()
+    except (tf.errors.OpError, ValueError, AssertionError) as e:
       raise CheckpointError(f"warm start: checkpoint {record.id} does not fit this "
                             f"model: {str(e).splitlines()[0]}") from e
-    self._sink.record_restored(record, "warm_start")
+    key = "warm_start" if mode == "weights" else (
+        "warm_start:full+step" if restore_step else "warm_start:full")
+    self._sink.record_restored(record, key)
 
   def save(self, step: int, epoch: int, metrics: Mapping[str, float]) -> None:
     """Writes the state at `step`. Returns once the write has started
@@ -340,7 +379,7 @@ class TrainingLoop:
                retention: policies.RetentionPolicy, sink: CheckpointSink,
                signal_policy: policies.OnSignal | None = None,
                summary_dir: str | None = None,
-               progress: Callable[[str], None] | None = None,
+               progress: TrainingReporter | None = None,
                cluster: Cluster | None = None):
     """`cluster`: train under its strategy (`setup` built in its scope);
     `sink` is then the chief's, None on the other workers."""
@@ -350,7 +389,7 @@ class TrainingLoop:
     self._save_policy = save_policy
     self._signal_policy = signal_policy
     self._eval_batches = eval_batches
-    self._progress = progress or _default_progress()
+    self._progress = progress or current_progress()
     self._step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
     self._iterator = iter(batches)
     state = tf.train.Checkpoint(
@@ -380,8 +419,10 @@ class TrainingLoop:
   def resume(self) -> CheckpointRecord | None:
     return self.checkpointer.resume()
 
-  def warm_start(self, record: CheckpointRecord) -> None:
-    self.checkpointer.warm_start(record, self._setup.model)
+  def warm_start(self, record: CheckpointRecord, *, mode: str = "weights",
+                 restore_step: bool = False) -> None:
+    self.checkpointer.warm_start(record, self._setup.model, mode=mode,
+                                 restore_step=restore_step)
 
   def run(self, resumed_from: CheckpointRecord | None = None) -> LoopResult:
     settings = self._settings
@@ -390,10 +431,11 @@ class TrainingLoop:
     step = int(self._step.numpy())
     last_saved_step = step if resumed_from else None
     last_saved_time = time.monotonic()
-    start_step, start_time = step, time.monotonic()
     metrics: dict[str, float] = {}
     if self._signal_policy:
       self._signal_policy.install()
+    self._progress.training_started(step, settings.train_steps)
+    outcome = "failed"
     try:
       while step < settings.train_steps:
         features, labels = next(self._iterator)
@@ -416,17 +458,19 @@ class TrainingLoop:
         if save:
           checkpointer.save(step, progress.epoch, metrics | self._last_eval)
           last_saved_step, last_saved_time = step, time.monotonic()
-        if step % settings.log_every == 0 or step == settings.train_steps:
-          rate = (step - start_step) / max(1e-9, time.monotonic() - start_time)
-          self._progress(f"step {step}/{settings.train_steps} loss={metrics.get('loss', 0):.4f} "
-                         f"{rate:.1f} steps/s, last checkpoint at step {last_saved_step}")
+          self._progress.checkpoint_saved(step)
+        self._progress.step(step, metrics.get("loss"))
         if stop is not None:
+          outcome = "interrupted"
           if last_saved_step != step:
             checkpointer.save(step, progress.epoch, metrics | self._last_eval)
+            self._progress.checkpoint_saved(step)
           checkpointer.wait()
           raise TrainingInterrupted(stop, step)
       checkpointer.wait()
+      outcome = "finished"
     finally:
+      self._progress.training_finished(step, outcome)
       if self._signal_policy:
         self._signal_policy.uninstall()
       checkpointer.close()
@@ -478,15 +522,6 @@ class TrainingLoop:
     with self._summary.as_default(step=step):
       for name, value in metrics.items():
         tf.summary.scalar(name, value)
-
-
-def _default_progress() -> Callable[[str], None]:
-  if sys.stderr.isatty():
-    def show(line: str) -> None:
-      sys.stderr.write("\r" + line.ljust(100))
-      sys.stderr.flush()
-    return show
-  return lambda line: _log.info("%s", line)
 
 
 def count_records(dataset: tf.data.Dataset) -> int:
