@@ -8,11 +8,13 @@ import tensorflow as tf
 
 from ckptflow.components.trainer.distribution import check_variables, task_of
 
+
 def test_an_extra_variable_without_aggregation_is_refused_by_name():
   with pytest.raises(ValueError, match=r"TrainingSetup.variables\['total'\] has aggregation "
                      "NONE: under a distribution strategy its replicas' copies diverge"):
     check_variables({"ok": tf.Variable(0.0, aggregation=tf.VariableAggregation.MEAN),
                      "total": tf.Variable(0.0)})
+
 
 @pytest.mark.parametrize("config, expected", [
     ('{"cluster": {"worker": ["h:1", "h:2", "h:3"]}, "task": {"type": "worker", "index": 2}}',
