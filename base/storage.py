@@ -565,6 +565,20 @@ def file_digest(uri: str) -> tuple[int, str]:
   return size, sha.hexdigest()
 
 
+def age_seconds(uri: str) -> float:
+  """Seconds since the newest file under `uri` (or `uri` itself) was
+  last modified; infinity if there is none."""
+  import time
+  if not is_remote(uri):
+    paths = [uri] if os.path.isfile(uri) else [join(uri, rel) for rel in list_files(uri)]
+    mtimes = [os.stat(p).st_mtime for p in paths if os.path.exists(p)]
+  else:
+    g = gfile(uri)
+    paths = [join(uri, rel) for rel in list_files(uri)] or ([uri] if g.exists(uri) else [])
+    mtimes = [g.stat(p).mtime_nsec / 1e9 for p in paths]
+  return time.time() - max(mtimes) if mtimes else float("inf")
+
+
 def commit(prefix: str) -> dict[str, dict]:
   """Publishes the files under `prefix` by writing its commit marker,
   `COMMIT_MARKER`, last: a JSON object mapping each file (relative path)
@@ -649,7 +663,7 @@ def create_if_absent(uri: str, data: bytes | str) -> bool:
   raise OSError(errno.ENOTSUP, f"no conditional create for {scheme}:// here", uri)
 
 __all__ = [
-    "COMMIT_MARKER", "REMOTE_SCHEMES", "check_uri", "commit", "committed", "copy_file",
+    "COMMIT_MARKER", "REMOTE_SCHEMES", "age_seconds", "check_uri", "commit", "committed", "copy_file",
     "create_if_absent", "delete_tree", "exists", "exit_process", "file_digest", "gfile",
     "is_remote", "join", "list_files", "list_names", "prepare", "read_bytes", "remote_touched",
     "uri_scheme", "verify_committed", "write_bytes",

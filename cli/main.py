@@ -16,12 +16,14 @@ import json
 import logging
 import os
 import sys
+import traceback
 from typing import Callable, Sequence
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")  # before TensorFlow loads
 
 from ckptflow.cli import flags  # noqa: E402
 from ckptflow.pipeline.config import PipelineConfig, default_home  # noqa: E402
+from ckptflow.base import storage  # noqa: E402
 from ckptflow.base.errors import CkptflowError  # noqa: E402
 from ckptflow.base.home import Home, shared_lock  # noqa: E402
 
@@ -459,14 +461,24 @@ def main(argv: Sequence[str] | None = None) -> int:
   _configure_logging(args.verbose)
   handler: Callable = args.handler
   try:
-    return handler(args)
+    status = handler(args)
   except CkptflowError as e:
     message = " ".join(str(e).split())
     print(f"ckptflow: error: {message}", file=sys.stderr)
-    return e.exit_code
+    status = e.exit_code
   except KeyboardInterrupt:
     print("ckptflow: interrupted", file=sys.stderr)
-    return 130
+    status = 130
+  except Exception:
+    if not storage.remote_touched():
+      raise
+    traceback.print_exc()
+    status = 1
+  if storage.remote_touched():
+    # tensorflow-io's S3 client aborts the interpreter's exit (SIGABRT):
+    # leave with the real status instead.
+    storage.exit_process(status)
+  return status
 
 
 if __name__ == "__main__":

@@ -34,7 +34,6 @@ import dataclasses
 import logging
 import math
 import os
-import shutil
 import sys
 import time
 from typing import Callable, Mapping, Protocol, Sequence
@@ -45,6 +44,7 @@ from ckptflow.components.checkpoint import CheckpointRecord, NewCheckpoint
 from ckptflow.components.trainer import checkpoint_files
 from ckptflow.components.trainer import policies
 from ckptflow.components.trainer.contract import TrainingSetup, default_eval_step
+from ckptflow.base import storage
 from ckptflow.base.errors import CheckpointError
 from ckptflow.base.faults import fault_point
 
@@ -130,7 +130,10 @@ class Checkpointer:
         max_workers=1, thread_name_prefix="checkpoint-finisher")
     self._pending: list[concurrent.futures.Future] = []
     self.registered: list[CheckpointRecord] = []
-    os.makedirs(checkpoint_dir, exist_ok=True)
+    if storage.is_remote(checkpoint_dir):
+      storage.prepare(checkpoint_dir)  # tensorflow-io before TensorFlow opens it
+    else:
+      os.makedirs(checkpoint_dir, exist_ok=True)
 
   @property
   def state(self) -> tf.train.Checkpoint:
@@ -179,9 +182,9 @@ class Checkpointer:
     # before the next write starts, so an async run killed at any moment
     # loses at most two intervals (one for sync saving).
     self.wait()
-    staged = checkpoint_files.staging_dir(self._checkpoint_dir, step)
-    if os.path.exists(staged):
-      shutil.rmtree(staged)
+    staged = checkpoint_files.write_dir(self._checkpoint_dir, step)
+    if storage.exists(staged):
+      storage.delete_tree(staged)
     options = tf.train.CheckpointOptions(enable_async=self._async)
     self._state.write(checkpoint_files.prefix(staged), options=options)
     fault_point("checkpoint-write")
@@ -228,7 +231,10 @@ class Checkpointer:
     # never a LIVE artifact without its files.
     self._sink.mark_deleted(doomed)
     for record in doomed:
-      shutil.rmtree(record.uri, ignore_errors=True)
+      try:
+        checkpoint_files.withdraw(record.uri)
+      except (OSError, tf.errors.OpError) as e:  # stray files: doctor sweeps them
+        _log.warning("could not remove pruned checkpoint %s: %s", record.uri, e)
     _log.info("pruned checkpoints at steps %s", [r.step for r in doomed])
 
 
