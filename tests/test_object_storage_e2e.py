@@ -167,7 +167,7 @@ def test_promote_pushes_the_next_version_into_the_bucket_and_it_predicts_as_its_
   path = result["served"]["path"]
   assert path == f"{bh.serving}/{MODEL}/2"
   assert storage.verify_committed(path) == []
-  assert bh.models_config()[MODEL][0] == [1, 2]
+  assert bh.models_config()[MODEL] == ([2], {"stable": 2})
 
   import tensorflow as tf
   storage.prepare(path)
@@ -221,12 +221,16 @@ def test_two_promotes_racing_on_one_bucket_model_get_distinct_versions(bh):
              "--model-name", model, "--home", str(bh.home), "--serving-dir", bh.serving,
              "--json"]
   env = os.environ | bh.env | {"TF_USE_LEGACY_KERAS": "1"}
-  racers = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                             text=True, env=env) for _ in range(2)]
+  # Labelled differently, so that models.config must list both versions.
+  racers = [subprocess.Popen(command + ["--label", label], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True, env=env)
+            for label in ("stable", "canary")]
   outputs = [racer.communicate(timeout=900) for racer in racers]
   for racer, (_, stderr) in zip(racers, outputs):
     assert racer.returncode == 0, stderr[-3000:]
-  versions = sorted(json.loads(stdout)["served"]["version"] for stdout, _ in outputs)
-  assert versions == [1, 2]
-  assert bh.models_config()[model][0] == [1, 2]
+  documents = [json.loads(stdout) for stdout, _ in outputs]
+  assert [d["label"] for d in documents] == ["stable", "canary"]
+  served = {d["label"]: d["served"]["version"] for d in documents}
+  assert sorted(served.values()) == [1, 2]
+  assert bh.models_config()[model] == ([1, 2], served)
   assert bh.doctor() == (0, [])
