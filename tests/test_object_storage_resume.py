@@ -26,8 +26,12 @@ def _variables(prefix: str) -> dict[str, np.ndarray]:
   import tensorflow as tf
   storage.prepare(prefix)
   reader = tf.train.load_checkpoint(prefix)
-  return {name: reader.get_tensor(name) for name in reader.get_variable_to_shape_map()
-          if not name.startswith("_CHECKPOINTABLE_OBJECT_GRAPH")}
+  # Every tensor but the object graph and the data iterator's state (a
+  # variant, not comparable as an array; the step and weights show where
+  # the data stream was).
+  return {name: reader.get_tensor(name)
+          for name, dtype in reader.get_variable_to_dtype_map().items()
+          if dtype != tf.variant and not name.startswith("_CHECKPOINTABLE_OBJECT_GRAPH")}
 
 
 def _doctor(home, serving, grace):
