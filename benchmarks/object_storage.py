@@ -17,7 +17,7 @@ Needs the RGW server: `.ci/rgw` (started here if not running).
   .venv/bin/python benchmarks/object_storage.py [--rounds 10] [--pipeline --runs 1]
 
 Prints a table and writes benchmarks/results/object_storage.json (with the
-command that produced it).
+command, the git commit and the load average at the end).
 """
 
 from __future__ import annotations
@@ -169,6 +169,9 @@ def main() -> None:
         print(f"  {run['target']:<6} run {run['run']}: {run['wall_s']:7.1f} s; "
               + ", ".join(f"{k} {v:.1f} s" for k, v in top))
       print(f"  rgw / local = {pipe['median_wall_s']['rgw_over_local']:.2f}")
+  result["load_average_at_end"] = os.getloadavg()
+  result["git_commit"] = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"],
+                                        capture_output=True, text=True).stdout.strip()
   RESULTS.parent.mkdir(parents=True, exist_ok=True)
   RESULTS.write_text(json.dumps(result, indent=1) + "\n")
   print(f"wrote {RESULTS}")

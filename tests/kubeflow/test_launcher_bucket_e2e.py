@@ -18,7 +18,8 @@ from support import ckptflow
 
 pytestmark = [pytest.mark.e2e, pytest.mark.heavy]  # a launcher run, one process per task
 
-TFX_TYPES = ("Examples", "Schema", "Model", "ModelBlessing", "PushedModel")
+# As the launcher records them (KFP's schema titles).
+TFX_TYPES = ("tfx.Examples", "tfx.Schema", "tfx.Model", "tfx.ModelBlessing", "tfx.PushedModel")
 
 
 def test_compiled_pipeline_runs_task_by_task_on_a_bucket(bucket, tmp_path, penguins_dir):
@@ -57,5 +58,5 @@ def test_compiled_pipeline_runs_task_by_task_on_a_bucket(bucket, tmp_path, pengu
     assert storage.verify_committed(checkpoint.uri) == []
   assert storage.committed(f"{serving}/penguin/1") is not None
   # Every task ran in a working directory of its own, none under the bucket.
-  attempts = sorted(p.relative_to(work).parts[1:] for p in work.glob("*/*/attempt-*"))
+  attempts = sorted(p.relative_to(work).parts[2:] for p in work.glob("*/.launcher/*/attempt-*"))
   assert len(attempts) == 7 and len({a[0] for a in attempts}) == 7, attempts
