@@ -13,6 +13,15 @@ out once (every path absolute)::
   HOME/data/sample/             the generated sample dataset
   HOME/kubeflow/                `ckptflow compile`'s default output
   HOME/.ckptflow.lock           the home lock
+  HOME/.ckptflow-home.json      the home's identity (`HomeIdentity`)
+
+A home knows itself: `HOME/.ckptflow-home.json` (written atomically) holds
+the id under which the home is registered in its metadata store (a
+`ckptflow.Home` context, `base.identity`) and, unless the store is the
+home's own `metadata.sqlite`, which store that is (a MySQL target without
+its password: passwords are never written). A copy or a move of a home
+carries the file along, and the store's registration still names the old
+paths: that is how a copy or a move is recognised (`base.identity`).
 
 The home lock says which ckptflow commands may run in one home at once.
 Every command that writes to a home (`run`, `promote`, `rollback`, ...)
@@ -32,6 +41,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import os
 from typing import Iterator
 
@@ -46,6 +56,7 @@ REPORT_DIR = "report"
 SAMPLE_DATA_DIR = os.path.join("data", "sample")
 KUBEFLOW_DIR = "kubeflow"
 LOCK_NAME = ".ckptflow.lock"
+IDENTITY_NAME = ".ckptflow-home.json"
 # The Trainer's checkpoints: pipeline_root/<node>/checkpoints/step-N.
 CHECKPOINTS_DIR = "checkpoints"
 # `ckptflow export`'s SavedModels: pipeline_root/CheckpointExport/checkpoint-<id>/.
@@ -81,6 +92,7 @@ class Home:
   kubeflow_dir: str = dataclasses.field(init=False)
   export_root: str = dataclasses.field(init=False)
   lock_file: str = dataclasses.field(init=False)
+  identity_file: str = dataclasses.field(init=False)
 
   def __post_init__(self):
     if not isinstance(self.home, (str, os.PathLike)) or not str(self.home):
@@ -107,9 +119,17 @@ class Home:
         "kubeflow_dir": os.path.join(home, KUBEFLOW_DIR),
         "export_root": storage.join(pipeline_root, EXPORT_DIR),
         "lock_file": os.path.join(home, LOCK_NAME),
+        "identity_file": os.path.join(home, IDENTITY_NAME),
     }
     for name, value in paths.items():
       object.__setattr__(self, name, value)
+
+  @property
+  def roots(self) -> tuple[str, ...]:
+    """What a command working in this home may delete below: the home,
+    the serving root and the pipeline root (either may lie outside it,
+    e.g. in a bucket)."""
+    return tuple(dict.fromkeys((self.home, self.serving_root, self.pipeline_root)))
 
   def checkpoint_roots(self) -> list[str]:
     """`pipeline_root/<node>/checkpoints` of every node that has one, sorted."""
@@ -122,6 +142,54 @@ class Home:
       return []
     return [path for e in nodes
             if e.is_dir() and os.path.isdir(path := os.path.join(e.path, CHECKPOINTS_DIR))]
+
+
+@dataclasses.dataclass(frozen=True)
+class HomeIdentity:
+  """What HOME/.ckptflow-home.json says: `id`, the name of the home's
+  `ckptflow.Home` context in its store, and `metadata`, the store (None:
+  the home's own metadata.sqlite; a MySQL target is kept without its
+  password)."""
+
+  id: str
+  metadata: str | None = None
+
+
+def read_identity(home: str | Home) -> HomeIdentity | None:
+  """The home's identity file, or None if it has none (a new home, or one
+  made by a ckptflow that wrote none).
+
+  Raises:
+    CkptflowError: the file exists but is not an identity file.
+  """
+  where = _as_home(home)
+  try:
+    with open(where.identity_file, encoding="utf-8") as f:
+      document = json.load(f)
+  except (FileNotFoundError, NotADirectoryError):
+    return None
+  except (OSError, UnicodeDecodeError, ValueError) as e:
+    raise CkptflowError(f"home identity file {where.identity_file!r} is unreadable "
+                        f"({e}). Expected the JSON file ckptflow writes; remove it to "
+                        "have the home adopted again") from e
+  if (not isinstance(document, dict) or not isinstance(document.get("id"), str)
+      or not document["id"] or not isinstance(document.get("metadata"), (str, type(None)))):
+    raise CkptflowError(f"home identity file {where.identity_file!r} is not "
+                        "{\"id\": ..., \"metadata\": ...}. Expected the JSON file "
+                        "ckptflow writes; remove it to have the home adopted again")
+  return HomeIdentity(id=document["id"], metadata=document.get("metadata") or None)
+
+
+def write_identity(home: str | Home, identity: HomeIdentity) -> str:
+  """Writes the home's identity file atomically; returns its path."""
+  where = _as_home(home)
+  text = json.dumps({"id": identity.id, "metadata": identity.metadata},
+                    indent=2, sort_keys=True) + "\n"
+  try:
+    return storage.atomic_write(where.identity_file, text)
+  except OSError as e:
+    raise CkptflowError(f"cannot write the home identity file "
+                        f"{where.identity_file!r}: {e.strerror or e}") from e
 
 
 def _as_home(home: str | Home) -> Home:
@@ -181,5 +249,6 @@ def exclusive_lock_if_idle(home: str | Home, *, create: bool = True) -> Iterator
     yield idle
 
 
-__all__ = ["CHECKPOINTS_DIR", "EXPORT_DIR", "Home", "LOCK_NAME", "exclusive_lock_if_idle",
-           "shared_lock"]
+__all__ = ["CHECKPOINTS_DIR", "EXPORT_DIR", "IDENTITY_NAME", "Home", "HomeIdentity",
+           "LOCK_NAME", "exclusive_lock_if_idle", "read_identity", "shared_lock",
+           "write_identity"]

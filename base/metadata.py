@@ -30,7 +30,9 @@ ABORTED.
 A metadata target is written as one string:
 
 * a file path, or ``sqlite:PATH``: an MLMD SQLite file (local runs);
-* ``mysql://USER[:PASSWORD]@HOST[:PORT]/DATABASE``: MySQL or MariaDB;
+* ``mysql://USER[:PASSWORD]@HOST[:PORT]/DATABASE``: MySQL or MariaDB; a
+  target without a password takes it from $CKPTFLOW_MYSQL_PASSWORD (the one
+  rule for a password: in the target, else that variable);
 * ``grpc://HOST:PORT``: an MLMD gRPC service (Kubeflow's metadata-grpc).
 
 Executors find the store of the run they belong to through the
@@ -39,8 +41,9 @@ Kubeflow deployment sets on the pod), so passwords never enter the pipeline
 definition or MLMD itself.
 
 `resolve_target` decides a command's or a run's target: --metadata, else
-the config file's `[run] metadata`, else $CKPTFLOW_METADATA, else
-HOME/metadata.sqlite.
+the config file's `[run] metadata`, else $CKPTFLOW_METADATA, else the store
+the home recorded when it was made (its identity file, `base.home`; a
+MySQL target is recorded without its password), else HOME/metadata.sqlite.
 
 Reads of lists: MLMD raises NotFound from some list calls (e.g.
 `get_contexts_by_execution`, `get_artifacts_by_external_ids`) when nothing
@@ -70,9 +73,11 @@ from ml_metadata import metadata_store
 from ml_metadata.proto import metadata_store_pb2
 
 from ckptflow.base.errors import MetadataError
-from ckptflow.base.home import Home
+from ckptflow.base.home import Home, read_identity
 
 METADATA_ENV = "CKPTFLOW_METADATA"
+# The password of a mysql:// target that carries none.
+MYSQL_PASSWORD_ENV = "CKPTFLOW_MYSQL_PASSWORD"
 # MLMD's client counts its own attempts of an ABORTED call down from this and
 # gives up at 0: 1 means one attempt, no retry of its own (0 would never stop).
 _MLMD_CLIENT_ATTEMPTS = 1
@@ -87,6 +92,17 @@ def describe(target: str) -> str:
   if parsed.scheme == "mysql" and parsed.password:
     netloc = parsed.netloc.replace(":" + parsed.password + "@", ":***@")
     return urllib.parse.urlunsplit(parsed._replace(netloc=netloc))
+  return target
+
+
+def without_password(target: str) -> str:
+  """`target` with any password removed (not masked): what may be written
+  down, e.g. in a home's identity file."""
+  parsed = urllib.parse.urlsplit(target)
+  if parsed.scheme == "mysql" and parsed.password is not None:
+    userinfo, _, hostport = parsed.netloc.rpartition("@")
+    user = userinfo.split(":", 1)[0]
+    return urllib.parse.urlunsplit(parsed._replace(netloc=f"{user}@{hostport}"))
   return target
 
 
@@ -137,7 +153,8 @@ def connection_config(
     config.mysql.port = port or 3306
     config.mysql.database = database
     config.mysql.user = urllib.parse.unquote(parsed.username or "root")
-    config.mysql.password = urllib.parse.unquote(parsed.password or "")
+    config.mysql.password = (urllib.parse.unquote(parsed.password) if parsed.password
+                             else os.environ.get(MYSQL_PASSWORD_ENV, ""))
     config.mysql.skip_db_creation = not create
     config.retry_options.max_num_retries = _MLMD_CLIENT_ATTEMPTS
     return config
@@ -228,9 +245,13 @@ def _why_mysql_failed(mysql: metadata_store_pb2.MySQLDatabaseConfig, error: str)
     return (f"no MySQL server reachable at {mysql.host}:{mysql.port} ({reason}). "
             "Expected a running MySQL/MariaDB server")
   how = "does not exist" if mysql.skip_db_creation else "cannot be created"
+  hint = ("" if mysql.password else
+          f"; no password was given: put it in the target "
+          f"(--metadata mysql://{mysql.user}:PASSWORD@{mysql.host}:{mysql.port}/"
+          f"{mysql.database}) or set {MYSQL_PASSWORD_ENV}")
   return (f"the server at {mysql.host}:{mysql.port} refused user {mysql.user!r}: "
           f"wrong password, no access to database {mysql.database!r}, or it "
-          f"{how}")
+          f"{how}{hint}")
 
 
 def _is_retryable(error: BaseException) -> bool:
@@ -398,12 +419,24 @@ def resolve_target(explicit: str | None, home: str) -> str:
 
   `explicit` is what the user chose: the --metadata flag, else the config
   file's `[run] metadata` (callers pass whichever is set; "" and None mean
-  neither). Without it: $CKPTFLOW_METADATA, else HOME/metadata.sqlite.
+  neither). Without it: $CKPTFLOW_METADATA, else the store the home's
+  identity file records (a MySQL target without its password, which then
+  comes from $CKPTFLOW_MYSQL_PASSWORD), else HOME/metadata.sqlite.
+
+  Raises:
+    CkptflowError: the home's identity file is damaged.
   """
   chosen = (explicit or "").strip()
   if chosen:
     return chosen
-  return _env_target() or Home(home).metadata_sqlite
+  env = _env_target()
+  if env:
+    return env
+  where = Home(home)
+  identity = read_identity(where)
+  if identity is not None and identity.metadata:
+    return identity.metadata
+  return where.metadata_sqlite
 
 
 def _env_target() -> str:

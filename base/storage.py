@@ -30,6 +30,11 @@ URI (s3://, gs://) alike.
   claim: O_EXCL locally, PUT If-None-Match: * on S3); `exit_process`
   (leave a process that used tensorflow-io's S3 client without its abort
   at exit).
+* `within_roots`, `check_within_roots`, `remove_tree`, `remove_file`: the
+  one guard every delete goes through. A command is given roots (its home,
+  pipeline root, serving root); it never deletes, renames or overwrites
+  anything outside them, whatever a metadata record says. A refusal is
+  logged and raised as `OutsideRootsError`; nothing is deleted.
 
 Imports neither TensorFlow nor TFX at import time: bucket URIs import
 TensorFlow (and tensorflow-io for s3://) inside the functions that use
@@ -43,18 +48,21 @@ import errno
 import fcntl
 import hashlib
 import json
+import logging
 import os
 import re
 import secrets
 import shutil
 import sys
-from typing import IO, Callable, Iterator, Mapping, Union
+from typing import IO, Callable, Iterable, Iterator, Mapping, Union
 
 from ckptflow.base.errors import CkptflowError
 
 # What `atomic_write` writes: text (UTF-8), bytes, or a function that writes
 # the file at the path it is given (e.g. a plotting library's savefig).
 Content = Union[str, bytes, Callable[[str], None]]
+
+_log = logging.getLogger(__name__)
 
 
 class NotDurableError(OSError):
@@ -511,7 +519,9 @@ def list_files(uri: str) -> list[str]:
 
 def delete_tree(uri: str) -> None:
   """Removes `uri` and everything under it; nothing there is not an
-  error. On a bucket, objects go one by one: a reader may see some gone."""
+  error. On a bucket, objects go one by one: a reader may see some gone.
+  Unguarded: callers that delete what a record or a listing names use
+  `remove_tree`, which checks the command's roots first."""
   if not is_remote(uri):
     if os.path.isdir(uri) and not os.path.islink(uri):
       shutil.rmtree(uri)
@@ -662,14 +672,121 @@ def create_if_absent(uri: str, data: bytes | str) -> bool:
     return s3.create_if_absent(uri, data)
   raise OSError(errno.ENOTSUP, f"no conditional create for {scheme}:// here", uri)
 
+
+# --- roots: the only places a command may delete ------------------------------
+
+
+class OutsideRootsError(CkptflowError):
+  """A delete (or rename, or overwrite) was asked for outside the roots the
+  command was given. Nothing was changed."""
+
+
+def _is_url(uri: str) -> bool:
+  return "://" in uri
+
+
+def _canonical(uri: str) -> str:
+  """`uri` with symlinks resolved (a local path) or as written (a URL),
+  without a trailing separator."""
+  if _is_url(uri):
+    return uri.rstrip("/")
+  return os.path.realpath(uri)
+
+
+def within_roots(uri: str, roots: Iterable[str], *, strictly: bool = False) -> bool:
+  """Whether `uri` is one of `roots` or lies below one.
+
+  Local paths are compared with symlinks resolved, so a link inside a root
+  that points outside it is outside. URLs (a bucket: `s3://b/x`) are
+  compared as written, segment by segment. With `strictly`, a root itself
+  does not count (a command may empty a root's entries, never remove it).
+  """
+  if not uri:
+    return False
+  path = _canonical(uri)
+  for root in roots:
+    if not root or _is_url(root) != _is_url(uri):
+      continue
+    base = _canonical(root)
+    if path == base:
+      if not strictly:
+        return True
+      continue
+    prefix = base if base.endswith(("/", os.sep)) else base + ("/" if _is_url(root) else os.sep)
+    if path.startswith(prefix):
+      return True
+  return False
+
+
+def check_within_roots(uri: str, roots: Iterable[str], *, action: str = "delete") -> str:
+  """Returns `uri` if it lies strictly below one of `roots`.
+
+  Raises:
+    OutsideRootsError: it does not; the refusal is logged as a warning and
+      names the path, what was asked and the roots.
+  """
+  roots = tuple(r for r in roots if r)
+  if within_roots(uri, roots, strictly=True):
+    return uri
+  message = (f"refusing to {action} {uri!r}: it is outside the roots this command was "
+             f"given ({', '.join(repr(r) for r in roots) or 'none'})")
+  _log.warning("%s", message)
+  raise OutsideRootsError(message)
+
+
+def remove_tree(path: str, roots: Iterable[str], *, missing_ok: bool = True) -> None:
+  """Deletes the directory tree `path` (a local path or a bucket prefix),
+  which must lie below one of `roots` (`check_within_roots`; outside,
+  nothing is deleted).
+
+  Raises:
+    OutsideRootsError: `path` is outside `roots`.
+    OSError: it cannot be deleted (or is missing and not `missing_ok`).
+  """
+  check_within_roots(path, roots)
+  if is_remote(path):
+    if not exists(path):
+      if missing_ok:
+        return
+      raise FileNotFoundError(errno.ENOENT, "no such prefix", path)
+    # Its commit marker first: a removal cut short leaves an unfinished
+    # prefix (found and removed again later), never a committed one with
+    # files missing.
+    delete_tree(join(path, COMMIT_MARKER))
+    delete_tree(path)
+    return
+  if not os.path.lexists(path):
+    if missing_ok:
+      return
+    raise FileNotFoundError(errno.ENOENT, "no such directory", path)
+  shutil.rmtree(path, ignore_errors=True)
+  if os.path.lexists(path):
+    raise OSError(errno.ENOTEMPTY, "cannot delete", path)
+
+
+def remove_file(path: str, roots: Iterable[str]) -> None:
+  """Deletes the file `path` (if it exists), which must lie below one of
+  `roots` (`check_within_roots`).
+
+  Raises:
+    OutsideRootsError: `path` is outside `roots`.
+  """
+  check_within_roots(path, roots)
+  if is_remote(path):
+    delete_tree(path)
+    return
+  with contextlib.suppress(FileNotFoundError):
+    os.unlink(path)
+
+
 __all__ = [
-    "COMMIT_MARKER", "REMOTE_SCHEMES", "age_seconds", "check_uri", "commit", "committed", "copy_file",
-    "create_if_absent", "delete_tree", "exists", "exit_process", "file_digest", "gfile",
-    "is_remote", "join", "list_files", "list_names", "prepare", "read_bytes", "remote_touched",
-    "uri_scheme", "verify_committed", "write_bytes",
-    "Content", "NotDurableError", "atomic_write", "atomic_write_all", "check_creatable_dir",
+    "COMMIT_MARKER", "REMOTE_SCHEMES", "age_seconds", "check_uri", "commit", "committed",
+    "copy_file", "create_if_absent", "delete_tree", "exists", "exit_process", "file_digest",
+    "gfile", "is_remote", "join", "list_files", "list_names", "prepare", "read_bytes",
+    "remote_touched", "uri_scheme", "verify_committed", "write_bytes",
+    "Content", "NotDurableError", "OutsideRootsError", "atomic_write", "atomic_write_all", "check_creatable_dir",
     "create_dir",
     "file_lock",
     "fsync_dir", "fsync_file", "fsync_tree", "nearest_existing", "publish_dir",
-    "temp_prefix",
+    "check_within_roots", "remove_file", "remove_tree", "temp_prefix", "within_roots",
 ]

@@ -57,14 +57,33 @@ def _open_existing_store(args):
   return metadata.open_store(_metadata_target(args), create=False)
 
 
+def _open_home_store(args):
+  """The store of a command that writes in the home, checked to be this
+  home's: a copied or moved home stops here, with one line
+  (`base.identity.check`). Once the command has written, `_adopt`."""
+  from ckptflow.base import identity, metadata
+  target = _metadata_target(args)
+  store = metadata.open_store(target, create=False)
+  identity.check(store, target, _where(args))
+  return store
+
+
+def _adopt(args, store) -> None:
+  """Registers the home in its store (and writes its identity file) if it
+  is not yet: after a command has written there, never on bad input."""
+  from ckptflow.base import identity
+  identity.check(store, _metadata_target(args), _where(args), adopt=True)
+
+
 def cmd_export(args) -> int:
   from ckptflow.operations import export as checkpoint_export
-  store = _open_existing_store(args)
+  store = _open_home_store(args)
   record = checkpoint_export.resolve_checkpoint(store, args.checkpoint)
   where = _where(args)
   with shared_lock(where):  # no repair runs while we write
     exported = checkpoint_export.export_checkpoint(store, record,
                                                    export_root=where.export_root)
+  _adopt(args, store)
   if args.json:
     _print_json({"checkpoint": record.as_json(), "export": exported.as_json()})
     return 0
@@ -77,10 +96,11 @@ def cmd_export(args) -> int:
 
 def cmd_promote(args) -> int:
   from ckptflow.operations import promote
-  store = _open_existing_store(args)
+  store = _open_home_store(args)
   result = promote.promote_checkpoint(
       store, args.checkpoint, home=_home(args), label=args.label, force=args.force,
       config_path=args.config, model_name=args.model_name, serving_dir=args.serving_dir)
+  _adopt(args, store)
   if args.json:
     _print_json(result.as_json())
   else:
@@ -94,10 +114,11 @@ def cmd_rollback(args) -> int:
   from ckptflow.base.names import validate_model_name
   model = validate_model_name(args.model)
   from ckptflow.components import promotion
-  store = _open_existing_store(args)
+  store = _open_home_store(args)
   where = _where(args)
   with shared_lock(where):  # no repair runs while we write
     previous, current = promotion.rollback(store, where.serving_root, model, args.to)
+  _adopt(args, store)
   labels = promotion.current_labels(store, model)
   if args.json:
     _print_json({"model_name": model, "label": promotion.STABLE,
@@ -259,8 +280,27 @@ def cmd_checkpoints(args) -> int:
 # --- doctor ------------------------------------------------------------------
 
 
+def cmd_relocate(args) -> int:
+  from ckptflow.operations import relocate
+  where = _where(args)
+  plan = relocate.relocate(_metadata_target(args), where, dry_run=args.dry_run)
+  if args.json:
+    _print_json(plan.as_json())
+  else:
+    for line in plan.lines():
+      print(line)
+  return 0
+
+
 def cmd_doctor(args) -> int:
   from ckptflow.operations import doctor
+  if args.dry_run and not args.relocate:
+    raise CkptflowError("--dry-run goes with --relocate")
+  if args.relocate:
+    if args.repair:
+      raise CkptflowError("--relocate and --repair are separate steps: relocate "
+                          "first, then run doctor --repair")
+    return cmd_relocate(args)
   where = _where(args)
   findings, busy = doctor.diagnose(_metadata_target(args), where, fix=args.repair,
                                    verify_checksums=not args.no_checksums)
@@ -434,6 +474,12 @@ def build_parser() -> argparse.ArgumentParser:
                       "command writes in the home)")
   doctor.add_argument("--no-checksums", action="store_true",
                       help="do not re-hash LIVE checkpoints (only check they exist)")
+  doctor.add_argument("--relocate", action="store_true",
+                      help="make a copied or moved home a home of its own: rewrite "
+                      "its store's paths from the old home to this one, after "
+                      "checking the files are here (the old home is not touched)")
+  doctor.add_argument("--dry-run", action="store_true",
+                      help="with --relocate: show what would be rewritten, write nothing")
   doctor.set_defaults(handler=cmd_doctor)
   _add_serving_commands(commands)
   _add_kubeflow_commands(commands)

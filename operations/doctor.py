@@ -49,6 +49,14 @@ Scope: artifacts whose files are under HOME (checkpoints) or under the
 serving root (served versions); a store shared by several homes is checked
 one home at a time, and a home must be used with one store only.
 
+Nothing outside the home and its serving root is ever deleted or renamed:
+every repair goes through `storage.remove_tree` / `remove_file`, which
+refuse a path outside those roots (the finding is then reported as
+refused, not repaired). Before it looks, doctor checks that the store is
+this home's (`base.identity.check`): in a copied or moved home it stops
+with one line that says to run `ckptflow doctor --relocate`
+(`operations/relocate.py`).
+
 Repairs that delete files need the home's exclusive lock
 (`base.home.exclusive_lock_if_idle`): they are refused while another ckptflow
 command is writing in the home, so a live command's half-finished work is
@@ -77,7 +85,6 @@ import dataclasses
 import logging
 import os
 import re
-import shutil
 from typing import Iterable, Sequence
 
 from ml_metadata.proto import metadata_store_pb2
@@ -85,7 +92,7 @@ from ml_metadata.proto import metadata_store_pb2
 from ckptflow.components import checkpoint as ckpt_records
 from ckptflow.components import promotion
 from ckptflow.components.pusher import serving
-from ckptflow.base import metadata, names, storage
+from ckptflow.base import identity, metadata, names, storage
 from ckptflow.base.errors import CkptflowError, ServingError
 from ckptflow.base.home import Home, exclusive_lock_if_idle
 from ckptflow.base.metadata import Store
@@ -140,7 +147,8 @@ class Finding:
 
   `subject` is the path (or artifact) concerned, `detail` one line saying
   what is wrong, `repair` what `repair` does about it; `repaired` is set
-  once it has.
+  once it has; `refused` says why a repair was refused (a path outside the
+  home's roots).
   """
 
   kind: str
@@ -149,12 +157,15 @@ class Finding:
   repair: str
   artifact_id: int | None = None
   repaired: bool = False
+  refused: str = ""
 
   def as_json(self) -> dict:
     return dataclasses.asdict(self)
 
   def line(self) -> str:
     done = f"  [repaired: {self.repair}]" if self.repaired else ""
+    if self.refused:
+      done = f"  [not repaired: {self.refused}]"
     return f"{self.kind:<19} {self.subject}: {self.detail}{done}"
 
 
@@ -165,11 +176,8 @@ def checkpoint_digest(directory: str) -> tuple[int, str]:
 
 
 def _under(path: str, root: str) -> bool:
-  if storage.is_remote(path) or storage.is_remote(root):
-    root = root.rstrip("/")
-    return path == root or path.startswith(root + "/")
-  path, root = os.path.abspath(path), os.path.abspath(root)
-  return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
+  # Symlinks resolved: a home reached through a link is the same home.
+  return storage.within_roots(path, [root])
 
 
 # --- checks ------------------------------------------------------------------
@@ -246,7 +254,7 @@ def _check_checkpoints(store, where: Home, verify_checksums: bool) -> list[Findi
   records = [r for r in ckpt_records.list_checkpoints(store) if _in_scope(r.uri, where)]
   by_uri: dict[str, list[ckpt_records.CheckpointRecord]] = {}
   for record in records:
-    key = record.uri if storage.is_remote(record.uri) else os.path.abspath(record.uri)
+    key = record.uri if storage.is_remote(record.uri) else os.path.realpath(record.uri)
     by_uri.setdefault(key, []).append(record)
   local_roots = [] if storage.is_remote(where.pipeline_root) else where.checkpoint_roots()
   finals, staging = _checkpoint_dirs(local_roots + remote_checkpoint_roots(store, where))
@@ -255,7 +263,7 @@ def _check_checkpoints(store, where: Home, verify_checksums: bool) -> list[Findi
         "checkpoint-staging", path, "unfinished checkpoint write (its writer died)",
         "deleted"))
   for path in finals:
-    owners = by_uri.get(path, [])
+    owners = by_uri.get(path if storage.is_remote(path) else os.path.realpath(path), [])
     if not owners and storage.is_remote(path) and not _stale(path):
       continue  # committed, maybe registering right now in another pod
     if not owners:
@@ -300,13 +308,13 @@ def _check_exports(store, where: Home) -> list[Finding]:
   if not exports:
     return []
   models = store.get_artifacts_by_type("Model")
-  recorded = {os.path.abspath(m.uri) for m in models}
+  recorded = {os.path.realpath(m.uri) for m in models if m.uri}
   findings = []
   for path in exports:
     if path.endswith(CHECKPOINT_STAGING_SUFFIX):
       findings.append(Finding("export-staging", path,
                               "unfinished export (its process died)", "deleted"))
-    elif path not in recorded:
+    elif os.path.realpath(path) not in recorded:
       findings.append(Finding(
           "export-orphan", path, "exported SavedModel has no Model artifact (its "
           "process died before recording it)", "deleted"))
@@ -428,28 +436,33 @@ def _version_exists(path: str) -> bool:
   return os.path.isdir(path)
 
 
-def _remove_tree(path: str) -> None:
-  if storage.is_remote(path):
-    # Its commit marker first: a removal cut short leaves an unfinished
-    # prefix (found again next time), never a committed one missing files.
-    storage.delete_tree(storage.join(path, storage.COMMIT_MARKER))
-    storage.delete_tree(path)
-    return
-  shutil.rmtree(path, ignore_errors=True)
-  if os.path.lexists(path):
-    raise CkptflowError(f"cannot delete {path!r}")
+def _delete_roots(store, where: Home) -> tuple[str, ...]:
+  """Where repairs may delete: the home's roots, and the bucket checkpoint
+  roots the store names (`remote_checkpoint_roots`)."""
+  return tuple(where.roots) + tuple(remote_checkpoint_roots(store, where))
 
 
-def _unpublish_version(path: str) -> None:
+def _remove_tree(path: str, roots: Sequence[str]) -> None:
+  # On a bucket `remove_tree` deletes the commit marker first.
+  try:
+    storage.remove_tree(path, roots)
+  except storage.OutsideRootsError:
+    raise
+  except OSError as e:
+    raise CkptflowError(f"cannot delete {path!r}: {e.strerror or e}") from e
+
+
+def _unpublish_version(path: str, roots: Sequence[str]) -> None:
+  storage.check_within_roots(path, roots, action="unpublish")
   if storage.is_remote(path):
-    _remove_tree(path)  # its marker first: unlisted in one step
+    _remove_tree(path, roots)  # its marker first: unlisted in one step
     return
   # Rename to a non-numeric name first: TF Serving (and our version
   # listing) stop seeing the version in one step, whatever happens next.
   hidden = os.path.join(os.path.dirname(path),
                         f"{_UNPUBLISH_PREFIX}{os.path.basename(path)}-{os.getpid()}")
   storage.publish_dir(path, hidden)
-  _remove_tree(hidden)
+  _remove_tree(hidden, roots)
 
 
 def _mark_deleted(store, artifact_id: int, reason: str) -> None:
@@ -460,10 +473,11 @@ def _mark_deleted(store, artifact_id: int, reason: str) -> None:
 
 
 def _apply(store, where: Home, finding: Finding) -> None:
+  roots = _delete_roots(store, where)
   kind = finding.kind
   if kind in ("checkpoint-staging", "checkpoint-orphan", "checkpoint-pruned",
               "export-staging", "export-orphan", "push-staging"):
-    _remove_tree(finding.subject)
+    _remove_tree(finding.subject, roots)
   elif kind == "checkpoint-missing":
     ckpt_records.set_states(store, [finding.artifact_id],
                             metadata_store_pb2.Artifact.DELETED,
@@ -476,12 +490,11 @@ def _apply(store, where: Home, finding: Finding) -> None:
     _mark_deleted(store, finding.artifact_id, "doctor: version directory missing")
   elif kind == "models-config":
     if os.path.basename(finding.subject).startswith(serving.MODELS_CONFIG_TMP_PREFIX):
-      with contextlib.suppress(FileNotFoundError):
-        os.unlink(finding.subject)
+      storage.remove_file(finding.subject, roots)
     else:
       promotion.sync_models_config(store, where.serving_root)
   elif kind == "version-unrecorded":
-    _unpublish_version(finding.subject)
+    _unpublish_version(finding.subject, roots)
   else:
     raise AssertionError(f"unknown finding kind {kind!r}")
 
@@ -501,6 +514,8 @@ def repair(store: Store, where: Home,
   """Resolves `findings` (see the module docstring); marks each repaired.
 
   The caller must hold the home's exclusive lock (`exclusive_lock_if_idle`).
+  A repair that would delete or rename outside `where.roots` is refused
+  (logged, and the finding's `refused` says why); the others go on.
 
   Raises:
     CkptflowError: a file cannot be deleted or MLMD cannot be written; the
@@ -510,7 +525,11 @@ def repair(store: Store, where: Home,
     for finding in findings:
       if finding.kind != kind:
         continue
-      _apply(store, where, finding)
+      try:
+        _apply(store, where, finding)
+      except storage.OutsideRootsError as e:
+        finding.refused = str(e)
+        continue
       finding.repaired = True
       _log.info("repaired %s %s: %s", finding.kind, finding.subject, finding.repair)
   return list(findings)
@@ -523,10 +542,13 @@ def diagnose(target: str, where: Home, *, fix: bool = False,
 
   Raises:
     MetadataError: the store does not exist or cannot be opened.
+    HomeMismatchError: the store is not this home's (a copy or a move of a
+      home; `operations.relocate`); nothing is written.
     CkptflowError: `fix` is set and another ckptflow command is writing in
       the home.
   """
   store = metadata.open_store(target, create=False)
+  identity.check(store, target, where)
   if not fix:
     with exclusive_lock_if_idle(where, create=False) as idle:
       return check(store, where, verify_checksums=verify_checksums), not idle
@@ -537,6 +559,7 @@ def diagnose(target: str, where: Home, *, fix: bool = False,
       raise CkptflowError(
           f"another ckptflow command is writing in {where.home!r}; --repair needs "
           "the home to itself. Run it again when that command has finished")
+    identity.check(store, target, where, adopt=True)
     findings = check(store, where, verify_checksums=verify_checksums)
     return repair(store, where, findings), False
 
@@ -545,7 +568,11 @@ def recover(target: str, where: Home) -> list[Finding]:
   """The recovery a writing command makes before it starts: repairs what
   killed commands left (every finding but checksum mismatches, which would
   cost a read of every checkpoint), if no other command is writing in the
-  home; otherwise does nothing. Returns what it repaired."""
+  home; otherwise does nothing. Returns what it repaired.
+
+  Raises:
+    HomeMismatchError: the store is not this home's; nothing is written.
+  """
   path = metadata.sqlite_path(target)
   if not os.path.isdir(where.home) or (path is not None and not os.path.isfile(path)):
     return []  # nothing was ever written here
@@ -555,8 +582,10 @@ def recover(target: str, where: Home) -> list[Finding]:
                 where.home)
       return []
     store = metadata.open_store(target, create=False)
+    identity.check(store, target, where, adopt=True)
     findings = repair(store, where, check(store, where, verify_checksums=False))
   for finding in findings:
-    _log.warning("recovered from an earlier crash: %s %s (%s)", finding.kind,
-                 finding.subject, finding.repair)
-  return findings
+    if finding.repaired:
+      _log.warning("recovered from an earlier crash: %s %s (%s)", finding.kind,
+                   finding.subject, finding.repair)
+  return [f for f in findings if f.repaired]

@@ -44,7 +44,6 @@ import importlib.metadata
 import json
 import logging
 import os
-import shutil
 from typing import Any, Mapping
 
 from ml_metadata import errors as mlmd_errors
@@ -451,7 +450,8 @@ def export_checkpoint(store: Store, record: CheckpointRecord, *,
     raise _pruned(record)
   storage.check_creatable_dir(export_root, "export directory")
   training = training_of(store, record)
-  directory = os.path.join(os.path.abspath(export_root), f"checkpoint-{record.id}")
+  roots = (os.path.abspath(export_root),)  # all this export may delete below
+  directory = os.path.join(roots[0], f"checkpoint-{record.id}")
   os.makedirs(directory, exist_ok=True)
   with storage.file_lock(os.path.join(directory, ".lock")):
     if reuse:
@@ -462,7 +462,8 @@ def export_checkpoint(store: Store, record: CheckpointRecord, *,
     with os.scandir(directory) as entries:  # we hold the lock: no export runs
       for entry in entries:
         if entry.name.endswith(STAGING_SUFFIX):
-          shutil.rmtree(entry.path, ignore_errors=True)
+          with contextlib.suppress(OSError):
+            storage.remove_tree(entry.path, roots)
     before = protect(store, record.id, "exported")
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%S%f")
     uri = os.path.join(directory, f"export-{stamp}")
@@ -488,9 +489,11 @@ def export_checkpoint(store: Store, record: CheckpointRecord, *,
           store, current, uri, fingerprint=rebuilt.fingerprint, module=rebuilt.module,
           feature_dtypes={k: v.name for k, v in rebuilt.feature_dtypes.items()})
     except BaseException:
-      shutil.rmtree(staging, ignore_errors=True)
+      with contextlib.suppress(OSError):
+        storage.remove_tree(staging, roots)
       if published:
-        shutil.rmtree(uri, ignore_errors=True)
+        with contextlib.suppress(OSError):
+          storage.remove_tree(uri, roots)
       with contextlib.suppress(Exception):
         restore_protection(store, record.id, before)
       raise

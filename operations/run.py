@@ -3,7 +3,7 @@ the pipeline, and say where its results are."""
 
 from __future__ import annotations
 
-from ckptflow.base import metadata
+from ckptflow.base import identity, metadata
 from ckptflow.operations import doctor
 from ckptflow.pipeline import runner
 from ckptflow.pipeline.config import PipelineConfig
@@ -13,13 +13,16 @@ def run(config: PipelineConfig) -> runner.RunSummary:
   """Validates `config` against its data, then runs the whole pipeline.
 
   Everything that can be checked is checked before anything is written
-  (`runner.preflight`). Before the pipeline starts, and if no other ckptflow
-  command is writing in the home, repairs what killed commands left behind
-  (`doctor.recover`).
+  (`runner.preflight`), including that the store is this home's (a copied
+  or moved home stops there). The home is then registered in its store if
+  it is not yet (`identity.check`). Before the pipeline starts, and if no
+  other ckptflow command is writing in the home, repairs what killed
+  commands left behind (`doctor.recover`).
   """
   feature_keys = runner.preflight(config)
   runner.prepare_home(config)
-  metadata.open_store(config.metadata_target)  # reachable, and a real MLMD store
+  store = metadata.open_store(config.metadata_target)  # reachable, a real MLMD store
+  identity.check(store, config.metadata_target, config.home_layout, adopt=True)
   doctor.recover(config.metadata_target, config.home_layout)
   runner.execute(config, feature_keys)
   return runner.summarize(config)

@@ -16,7 +16,7 @@ import shutil
 from typing import Iterator
 
 from ckptflow.pipeline import data_validation
-from ckptflow.base import metadata, mlmd, storage
+from ckptflow.base import identity, metadata, mlmd, storage
 from ckptflow.base.home import Home, shared_lock
 from ckptflow.pipeline.config import PipelineConfig
 from ckptflow.base.errors import CheckpointError, CkptflowError, ConfigError
@@ -200,20 +200,26 @@ def check_warm_start(config: PipelineConfig) -> None:
 
 def preflight(config: PipelineConfig) -> tuple[str, ...]:
   """Everything that can be checked before anything is written: the data
-  (every row), a metadata server's reachability, the warm-start checkpoint,
-  free space and writable directories. Returns the feature columns.
+  (every row), a metadata server's reachability, that an existing store is
+  this home's (`identity.check`: not a copied or moved home's), the
+  warm-start checkpoint, free space and writable directories. Returns the
+  feature columns.
 
   Raises:
     CkptflowError: naming what is wrong; nothing has been written.
   """
   summary = data_validation.check_csv(config.data, num_classes=_num_classes(config))
   _log.info("data: %d rows in %d file(s) checked", summary.rows, summary.files)
-  if metadata.sqlite_path(config.metadata_target) is None:
-    metadata.open_store(config.metadata_target)  # reachable, and a real MLMD store
-  else:
-    path = metadata.sqlite_path(config.metadata_target)
-    if os.path.exists(path):
-      metadata.open_store(config.metadata_target, create=False)  # not corrupted
+  target = config.metadata_target
+  path = metadata.sqlite_path(target)
+  store = None
+  if path is None:
+    store = metadata.open_store(target)  # reachable, and a real MLMD store
+  elif os.path.exists(path):
+    store = metadata.open_store(target, create=False)  # not corrupted
+  if store is not None:
+    # A copied or moved home stops here, before anything is written.
+    identity.check(store, target, config.home_layout)
   check_warm_start(config)
   check_remote_roots(config)
   check_directories(config)

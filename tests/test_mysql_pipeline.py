@@ -57,6 +57,11 @@ def test_pipeline_promotion_rollback_and_lineage_run_on_mariadb(
 
   listing = ckptflow("checkpoints", "--home", str(home), "--metadata", target, "--json")
   assert len(json.loads(listing.stdout)["checkpoints"]) == 3
+  # The home remembers its store: a plain `checkpoints --home` finds it.
+  assert json.loads((home / ".ckptflow-home.json").read_text())["metadata"] == target
+  plain = ckptflow("checkpoints", "--home", str(home), "--json",
+                   env={"CKPTFLOW_METADATA": ""})
+  assert json.loads(plain.stdout) == json.loads(listing.stdout)
 
   # `ckptflow promote`: export the last checkpoint, evaluate it against the
   # stable version, push it (forced, so the outcome does not hang on a metric).

@@ -496,7 +496,8 @@ def push_saved_model(saved_model_dir: str, serving_root: str, model_name: str,
   with _push_lock(root, model_name):
     # We hold the lock, so no other push is writing any staging dir.
     for path in _staging_dirs(base):
-      shutil.rmtree(path, ignore_errors=True)
+      with contextlib.suppress(OSError):
+        storage.remove_tree(path, (root,))
     with os.scandir(base) as entries:
       present = [v for e in entries if (v := _numeric(e.name)) is not None]
     version = 1 + max([0, _read_last_version(base), *present, *reserved])
@@ -516,7 +517,8 @@ def push_saved_model(saved_model_dir: str, serving_root: str, model_name: str,
                          "but fsyncing its base path failed: "
                          f"{e.strerror or e}") from e
     except BaseException as e:
-      shutil.rmtree(staging, ignore_errors=True)
+      with contextlib.suppress(OSError):
+        storage.remove_tree(staging, (root,))
       if isinstance(e, OSError):
         raise ServingError(f"pushing {saved_model_dir!r} to {final!r} failed: "
                            f"{e.strerror or e}") from e
@@ -569,7 +571,7 @@ def _push_to_bucket(source: str, root: str, model_name: str,
     storage.commit(final)
   except Exception as e:
     with contextlib.suppress(Exception):
-      storage.delete_tree(final)
+      storage.remove_tree(final, (root,))
     raise ServingError(f"pushing {source!r} to {final!r} failed: {e}") from e
   return ServedVersion(model_name=model_name, version=version, path=final)
 
@@ -632,8 +634,7 @@ def write_models_config(serving_root: str,
       leftovers = [e.path for e in entries
                    if e.name.startswith(MODELS_CONFIG_TMP_PREFIX)]
     for path in leftovers:  # from killed writers; we hold the lock
-      with contextlib.suppress(FileNotFoundError):
-        os.unlink(path)
+      storage.remove_file(path, (root,))
     target = os.path.join(root, MODELS_CONFIG)
     try:
       storage.atomic_write(target, text,

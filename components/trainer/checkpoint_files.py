@@ -18,9 +18,9 @@ or restored, and removed by the next start's sweep (and by doctor).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
-import shutil
 
 import tensorflow as tf
 
@@ -99,17 +99,8 @@ def publish(staged: str, final: str) -> None:
   if os.path.exists(final):
     # A directory left by an attempt whose registration never happened (the
     # process died between rename and MLMD); it is not in MLMD, replace it.
-    shutil.rmtree(final)
+    storage.remove_tree(final, (os.path.dirname(final),))
   storage.publish_dir(staged, final)
-
-
-def withdraw(directory: str) -> None:
-  """Removes a checkpoint's files. On a bucket its commit marker goes
-  first, so a removal cut short leaves an unfinished prefix, never a
-  committed one with files missing."""
-  if storage.is_remote(directory):
-    storage.delete_tree(storage.join(directory, storage.COMMIT_MARKER))
-  storage.delete_tree(directory)
 
 
 def uncommitted(root: str) -> list[str]:
@@ -133,7 +124,7 @@ def sweep_staging(root: str) -> list[str]:
   if storage.is_remote(root):
     removed = uncommitted(root)
     for prefix in removed:
-      storage.delete_tree(prefix)
+      storage.remove_tree(prefix, (root,))
     if removed:
       _log.info("removed %d unfinished checkpoint write(s) under %s", len(removed), root)
     return removed
@@ -144,7 +135,8 @@ def sweep_staging(root: str) -> list[str]:
     for name in list(dirnames):
       if name.endswith(STAGING_SUFFIX):
         path = os.path.join(dirpath, name)
-        shutil.rmtree(path, ignore_errors=True)
+        with contextlib.suppress(OSError):
+          storage.remove_tree(path, (root,))
         removed.append(path)
         dirnames.remove(name)
   if removed:

@@ -63,11 +63,14 @@ def test_unpublished_bucket_checkpoint_fails_verification_and_is_swept(root):
   checkpoint_files.verify_against_record(checkpoint_files.final_dir(root, 100), checksum)
 
 
-def test_withdraw_removes_the_commit_marker_with_the_files(root):
+def test_guarded_removal_takes_the_commit_marker_with_the_files(root):
   written = _write(root, 100)
   final = checkpoint_files.final_dir(root, 100)
   checkpoint_files.publish(written, final)
-  checkpoint_files.withdraw(final)
+  with pytest.raises(storage.OutsideRootsError):
+    storage.remove_tree(final, (storage.join(root, "elsewhere"),))
+  checkpoint_files.verify_against_record(final, checkpoint_files.digest(final)[1])
+  storage.remove_tree(final, (root,))
   assert not storage.exists(final)
   with pytest.raises(CheckpointError):
     checkpoint_files.verify_against_record(final, "0" * 64)

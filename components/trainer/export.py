@@ -15,7 +15,6 @@ by its commit marker (`storage.commit`, written last).
 from __future__ import annotations
 
 import os
-import shutil
 from typing import Mapping
 
 import tensorflow as tf
@@ -58,13 +57,14 @@ def export_saved_model(model: tf.keras.Model, export_dir: str,
   signatures = {"serving_default": serve_examples, "serving_raw": serve_raw}
   if storage.is_remote(export_dir):
     storage.prepare(export_dir)
-    storage.delete_tree(export_dir)  # an earlier attempt's unfinished write
+    # An earlier attempt's unfinished write (the guard: its parent only).
+    storage.remove_tree(export_dir, (export_dir.rstrip("/").rsplit("/", 1)[0],))
     tf.saved_model.save(model, export_dir, signatures=signatures)
     storage.commit(export_dir)
     return export_dir
   staging = export_dir.rstrip("/") + ".tmp"
-  if os.path.exists(staging):
-    shutil.rmtree(staging)
+  # A killed export's leftover, beside the export (the guard: nowhere else).
+  storage.remove_tree(staging, (os.path.dirname(os.path.abspath(staging)),))
   # tf.saved_model.save, not Keras' model.save: TF Serving and TFMA use the
   # signatures only, and Keras' own serialization (every layer's call traced
   # again, keras_metadata.pb) doubles the export time for nothing served.

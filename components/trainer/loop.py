@@ -30,6 +30,7 @@ Guarantees:
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import dataclasses
 import logging
 import math
@@ -112,6 +113,12 @@ class Checkpointer:
   callback (`keras_callback.py`), so both produce the same checkpoints and
   MLMD records. `state` is the `tf.train.Checkpoint` of everything that must
   come back on resume.
+
+  Retention deletes only below this node's checkpoint root, the directory
+  two levels above `checkpoint_dir` (`<node>/checkpoints/<run>/exec-<id>`):
+  a record that names files anywhere else (a store copied along with its
+  home, or shared with another one) is left LIVE with its files, and the
+  refusal is logged (`storage.check_within_roots`).
   """
 
   def __init__(self, state: tf.train.Checkpoint, *, checkpoint_dir: str,
@@ -130,9 +137,13 @@ class Checkpointer:
         max_workers=1, thread_name_prefix="checkpoint-finisher")
     self._pending: list[concurrent.futures.Future] = []
     self.registered: list[CheckpointRecord] = []
+    # Deletes stay inside the pipeline root's node directory (the delete
+    # guard): a local path, or a bucket prefix.
     if storage.is_remote(checkpoint_dir):
+      self._roots = (checkpoint_dir.rstrip("/").rsplit("/", 2)[0],)
       storage.prepare(checkpoint_dir)  # tensorflow-io before TensorFlow opens it
     else:
+      self._roots = (os.path.dirname(os.path.dirname(os.path.abspath(checkpoint_dir))),)
       os.makedirs(checkpoint_dir, exist_ok=True)
 
   @property
@@ -183,8 +194,7 @@ class Checkpointer:
     # loses at most two intervals (one for sync saving).
     self.wait()
     staged = checkpoint_files.write_dir(self._checkpoint_dir, step)
-    if storage.exists(staged):
-      storage.delete_tree(staged)
+    storage.remove_tree(staged, self._roots)  # a killed attempt's leftover
     options = tf.train.CheckpointOptions(enable_async=self._async)
     self._state.write(checkpoint_files.prefix(staged), options=options)
     fault_point("checkpoint-write")
@@ -224,7 +234,15 @@ class Checkpointer:
     candidates = [policies.Candidate(id=r.id, step=r.step, metrics=r.metrics,
                                      protected=bool(r.protected)) for r in live]
     doomed_ids = {c.id for c in policies.to_prune(self._retention, candidates)}
-    doomed = [r for r in live if r.id in doomed_ids]
+    doomed = []
+    for record in live:
+      if record.id not in doomed_ids:
+        continue
+      try:
+        storage.check_within_roots(record.uri, self._roots)
+      except storage.OutsideRootsError:
+        continue  # logged; the record stays LIVE, its files untouched
+      doomed.append(record)
     if not doomed:
       return
     # MLMD first: a crash in between leaves stray files (swept by `doctor`),
@@ -232,7 +250,7 @@ class Checkpointer:
     self._sink.mark_deleted(doomed)
     for record in doomed:
       try:
-        checkpoint_files.withdraw(record.uri)
+        storage.remove_tree(record.uri, self._roots)  # on a bucket: its marker first
       except (OSError, tf.errors.OpError) as e:  # stray files: doctor sweeps them
         _log.warning("could not remove pruned checkpoint %s: %s", record.uri, e)
     _log.info("pruned checkpoints at steps %s", [r.step for r in doomed])
