@@ -91,7 +91,9 @@ def test_run_on_a_bucket_puts_every_artifact_in_it_and_only_the_store_at_home(bh
     for artifact in artifacts:
       assert artifact.uri.startswith(f"s3://{bh.bucket}/"), (type_name, artifact.uri)
   local = sorted(str(p.relative_to(bh.home)) for p in bh.home.rglob("*"))
-  assert set(local) <= {"metadata.sqlite", ".ckptflow.lock", "logs"}, local
+  # The store, the home lock and the home's identity (which store it uses).
+  assert set(local) <= {"metadata.sqlite", ".ckptflow.lock", ".ckptflow-home.json",
+                        "logs"}, local
   assert "metadata.sqlite" in local
   # Checkpoints are committed prefixes in the bucket.
   for artifact in store.get_artifacts_by_type("Checkpoint"):
