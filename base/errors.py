@@ -2,8 +2,12 @@
 
 Every error raised for bad input (data, config, ids, paths) is a
 `CkptflowError`; the CLI prints it as one line and exits non-zero. Messages
-name the bad value and what was expected.
+name the bad value and what was expected. `Interrupted` is not bad input:
+a signal stopped the work; it is printed the same way, with the signal's
+conventional exit status.
 """
+
+import signal
 
 
 class CkptflowError(Exception):
@@ -30,3 +34,21 @@ class CheckpointError(CkptflowError):
 
 class ServingError(CkptflowError):
   """A push, label change or rollback cannot be done."""
+
+
+class Interrupted(CkptflowError):
+  """A signal (SIGINT, SIGTERM) stopped the work, after it saved what it
+  could. Exit status 128 + the signal's number (130 for SIGINT, 143 for
+  SIGTERM), as a shell reports a process the signal ended."""
+
+  def __init__(self, message: str, signum: int):
+    super().__init__(message)
+    self.signum = signum
+    self.exit_code = 128 + signum
+
+  @property
+  def signal_name(self) -> str:
+    try:
+      return signal.Signals(self.signum).name
+    except ValueError:
+      return f"signal {self.signum}"

@@ -51,7 +51,8 @@ matches. Every `get_*` method of `Store` that returns a list (MLMD
 annotates it `List[...]`) returns [] instead. Single-record reads
 (`get_artifact_type`, `get_*_by_type_and_name`, ...) keep MLMD's behaviour.
 
-This module imports ml_metadata and tenacity only; never TensorFlow or TFX.
+This module imports ml_metadata and tenacity (and, to explain a failed
+MySQL login, PyMySQL); never TensorFlow or TFX.
 """
 
 from __future__ import annotations
@@ -148,6 +149,11 @@ def connection_config(
       raise MetadataError(
           f"metadata target {describe(target)!r} is not "
           "mysql://USER[:PASSWORD]@HOST[:PORT]/DATABASE")
+    if not _MYSQL_DATABASE.fullmatch(database) or database.isdigit():
+      # MLMD puts the name into CREATE DATABASE / USE unquoted.
+      raise MetadataError(
+          f"metadata target {describe(target)!r}: database name {database!r} is not "
+          "valid. Expected 1 to 64 letters, digits and '_' (not digits only)")
     config = metadata_store_pb2.ConnectionConfig()
     config.mysql.host = parsed.hostname
     config.mysql.port = port or 3306
@@ -159,7 +165,7 @@ def connection_config(
     config.retry_options.max_num_retries = _MLMD_CLIENT_ATTEMPTS
     return config
   if parsed.scheme == "grpc":
-    if not parsed.hostname:
+    if not parsed.hostname or parsed.path.strip("/"):
       raise MetadataError(
           f"metadata target {target!r} is not grpc://HOST:PORT")
     client = metadata_store_pb2.MetadataStoreClientConfig()
@@ -190,6 +196,12 @@ def open_store(target: str, *, create: bool = True) -> "Store":
     if not os.path.isdir(parent):
       raise MetadataError(f"metadata directory {parent!r} does not exist")
   config = connection_config(target, create=create)
+  if isinstance(config, metadata_store_pb2.ConnectionConfig) and config.HasField("mysql"):
+    # MLMD's MySQL client waits minutes for a host that does not answer, and
+    # then reports no reason: try the network first, with a bound.
+    unreachable = _mysql_unreachable(config.mysql)
+    if unreachable:
+      raise MetadataError(f"cannot open metadata store {describe(target)!r}: {unreachable}")
   try:
     # A larger budget than a single call's: processes that open one new
     # MySQL database together wait out the one creating the schema.
@@ -205,7 +217,34 @@ def open_store(target: str, *, create: bool = True) -> "Store":
       first_line = _why_mysql_failed(config.mysql, first_line)
     raise MetadataError(
         f"cannot open metadata store {describe(target)!r}: {first_line}") from e
+  if isinstance(config, metadata_store_pb2.MetadataStoreClientConfig):
+    _check_grpc_reachable(config)
   return Store(client)
+
+
+# How long opening a gRPC store waits for the server to answer a first call.
+GRPC_PROBE_TIMEOUT_SECONDS = 10
+
+
+def _check_grpc_reachable(config: metadata_store_pb2.MetadataStoreClientConfig) -> None:
+  """A gRPC client connects lazily, at its first call: make one (with a
+  deadline) so that an unreachable server is reported here, once, in one
+  line, rather than by whichever call comes first."""
+  probe_config = metadata_store_pb2.MetadataStoreClientConfig()
+  probe_config.CopyFrom(config)
+  probe_config.client_timeout_sec = GRPC_PROBE_TIMEOUT_SECONDS
+  where = f"{config.host}:{config.port}"
+  try:
+    _connect(probe_config).get_artifact_types()
+  except (mlmd_errors.UnavailableError, mlmd_errors.DeadlineExceededError) as e:
+    reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    reason = re.sub(r"^.*?Failed to connect to remote host: (connect: )?", "", reason)
+    raise MetadataError(f"cannot reach the metadata gRPC server at {where}: "
+                        f"{reason}. Expected an MLMD gRPC service (metadata-grpc) "
+                        "listening there") from e
+  except mlmd_errors.StatusError as e:
+    raise MetadataError(f"the server at {where} is not an MLMD gRPC service: "
+                        f"{str(e).strip().splitlines()[0] if str(e).strip() else e}") from e
 
 
 class _WithoutMlmdGiveUpMessage(logging.Filter):
@@ -231,27 +270,89 @@ def _connect(config: metadata_store_pb2.ConnectionConfig
   return client
 
 
+_MYSQL_DATABASE = re.compile(r"[A-Za-z0-9_]{1,64}")
+# How long opening a MySQL store (and explaining why it failed) waits for
+# the server to accept a connection, and to answer.
+MYSQL_PROBE_TIMEOUT_SECONDS = 10
+# MySQL client and server error codes the diagnosis names.
+_MYSQL_ERRORS = {
+    1044: "user {user!r} has no access to database {database!r}",
+    1045: "the server refused user {user!r}: wrong password, or no such user",
+    1049: "database {database!r} does not exist. Expected an existing database "
+          "(`ckptflow run` creates it)",
+    2013: "the server closed the connection during the MySQL handshake. Expected "
+          "a MySQL/MariaDB server on that port",
+}
+
+
+def _mysql_unreachable(mysql: metadata_store_pb2.MySQLDatabaseConfig) -> str | None:
+  """Why no TCP connection to the MySQL server can be opened (as the MySQL
+  client's error 2005 or 2003 would say), or None if one can."""
+  where = f"{mysql.host}:{mysql.port}"
+  try:
+    socket.getaddrinfo(mysql.host, mysql.port, type=socket.SOCK_STREAM)
+  except socket.gaierror as e:
+    return (f"MySQL error 2005: unknown MySQL server host {mysql.host!r} "
+            f"({e.strerror}). Expected a host name or address that resolves")
+  try:
+    with socket.create_connection((mysql.host, mysql.port),
+                                  timeout=MYSQL_PROBE_TIMEOUT_SECONDS):
+      pass
+  except TimeoutError:
+    return (f"MySQL error 2003: no answer from {where} within "
+            f"{MYSQL_PROBE_TIMEOUT_SECONDS} s (connect timeout): the host is "
+            "unreachable or a firewall drops the connection")
+  except ConnectionRefusedError:
+    return (f"MySQL error 2003: connection to {where} refused: no MySQL server "
+            "reachable there. Expected a running MySQL/MariaDB server")
+  except OSError as e:
+    return (f"MySQL error 2003: cannot connect to {where} "
+            f"({e.strerror or type(e).__name__}). Expected a running MySQL/MariaDB "
+            "server")
+  return None
+
+
 def _why_mysql_failed(mysql: metadata_store_pb2.MySQLDatabaseConfig, error: str) -> str:
   """MLMD reports every failed MySQL connection as "mysql_real_connect
-  failed" with an empty reason; tell a server that cannot be reached from
-  one that refuses the login."""
+  failed" with an empty reason and code. Find out what failed by doing the
+  same steps again: open a TCP connection (`_mysql_unreachable`), then log
+  in with a MySQL client (PyMySQL), whose error codes say what the server
+  refused: 2005 unknown host, 2003 no connection (refused, or a connect
+  timeout), 2013 lost during the handshake, 1045 wrong password, 1044 no
+  access to the database, 1049 unknown database."""
+  where = f"{mysql.host}:{mysql.port}"
+  if "Unknown database" in error:
+    return f"MySQL error 1049 at {where}: " + _MYSQL_ERRORS[1049].format(
+        user=mysql.user, database=mysql.database)
   if "mysql_real_connect" not in error:
     return error
+  unreachable = _mysql_unreachable(mysql)
+  if unreachable:
+    return unreachable
+  import pymysql  # pylint: disable=import-outside-toplevel
   try:
-    with socket.create_connection((mysql.host, mysql.port), timeout=5):
-      pass
-  except OSError as e:
-    reason = e.strerror or type(e).__name__
-    return (f"no MySQL server reachable at {mysql.host}:{mysql.port} ({reason}). "
-            "Expected a running MySQL/MariaDB server")
-  how = "does not exist" if mysql.skip_db_creation else "cannot be created"
-  hint = ("" if mysql.password else
-          f"; no password was given: put it in the target "
-          f"(--metadata mysql://{mysql.user}:PASSWORD@{mysql.host}:{mysql.port}/"
-          f"{mysql.database}) or set {MYSQL_PASSWORD_ENV}")
-  return (f"the server at {mysql.host}:{mysql.port} refused user {mysql.user!r}: "
-          f"wrong password, no access to database {mysql.database!r}, or it "
-          f"{how}{hint}")
+    pymysql.connect(host=mysql.host, port=mysql.port, user=mysql.user,
+                    password=mysql.password,
+                    database=mysql.database if mysql.skip_db_creation else None,
+                    connect_timeout=MYSQL_PROBE_TIMEOUT_SECONDS,
+                    read_timeout=MYSQL_PROBE_TIMEOUT_SECONDS).close()
+  except pymysql.err.MySQLError as e:
+    code = e.args[0] if e.args and isinstance(e.args[0], int) else None
+    if code in _MYSQL_ERRORS:
+      hint = ("" if mysql.password or code not in (1044, 1045) else
+              f"; no password was given: put it in the target "
+              f"(--metadata mysql://{mysql.user}:PASSWORD@{mysql.host}:{mysql.port}/"
+              f"{mysql.database}) or set {MYSQL_PASSWORD_ENV}")
+      return f"MySQL error {code} at {where}: " + _MYSQL_ERRORS[code].format(
+          user=mysql.user, database=mysql.database) + hint
+    if code is None:  # PyMySQL's own protocol errors carry no code
+      return (f"the service at {where} is not a MySQL server (its answer is not "
+              f"the MySQL protocol: {e}). Expected a MySQL/MariaDB server on that port")
+    detail = e.args[1] if len(e.args) > 1 else str(e)
+    return f"MySQL error {code} at {where}: {detail}"
+  return (f"the server at {where} accepts user {mysql.user!r}, but MLMD's MySQL "
+          "client could not connect: it needs the mysql_native_password "
+          "authentication plugin for that user")
 
 
 def _is_retryable(error: BaseException) -> bool:

@@ -56,7 +56,8 @@ CONFIG_FLAGS: tuple[ConfigFlag, ...] = (
     ConfigFlag("--data", "data", "path",
                "directory of CSV files (default: a generated sample)",
                compile_help="directory of CSV files: read for the columns, and the "
-               "default of data_root"),
+               "default of data_root (default: the generated sample, as for run; "
+               "not needed with --features)"),
     ConfigFlag("--label", "data", "label", "label column"),
     ConfigFlag("--features", "data", "features",
                "comma-separated feature columns (default: all others)", kind="csv"),

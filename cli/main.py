@@ -3,7 +3,9 @@
 Every subcommand takes `--home DIR` (default $CKPTFLOW_HOME, else
 ./ckptflow_home). Listing commands take `--json`: one JSON document on
 stdout, logs on stderr. An error the user can fix prints one line
-(`ckptflow: error: ...`) and exits 2.
+(`ckptflow: error: ...`) and exits 2; a run stopped by SIGINT or SIGTERM
+prints one such line too (the step it saved, the command that resumes)
+and exits 130 or 143.
 
 Commands that only read or write metadata import neither TensorFlow nor TFX:
 they are imported inside the handlers that need them.
@@ -15,6 +17,8 @@ import argparse
 import json
 import logging
 import os
+import shlex
+import signal
 import sys
 import traceback
 from typing import Callable, Sequence
@@ -23,7 +27,7 @@ os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")  # before TensorFlow loads
 
 from ckptflow.cli import flags  # noqa: E402
 from ckptflow.pipeline.config import PipelineConfig, default_home  # noqa: E402
-from ckptflow.base import storage  # noqa: E402
+from ckptflow.base import errors, storage  # noqa: E402
 from ckptflow.base.errors import CkptflowError  # noqa: E402
 from ckptflow.base.home import Home, shared_lock  # noqa: E402
 
@@ -226,7 +230,11 @@ def _add_serving_commands(commands) -> None:
 # --- run -------------------------------------------------------------------
 
 
-def _config_from_args(args, command: str, *, sample_data: bool = True) -> PipelineConfig:
+def _config_from_args(args, command: str) -> PipelineConfig:
+  """The config of `run` or `compile`: the config file, flags over it, and
+  one default for the data: without a data path, the generated sample
+  dataset in the home (written if missing). `compile` given only
+  `--features` needs no local data (data_root is then chosen per run)."""
   config = PipelineConfig.from_toml(args.config) if args.config else PipelineConfig()
   overrides = flags.config_overrides(args, command)
   if args.home is not None or not args.config:
@@ -234,6 +242,9 @@ def _config_from_args(args, command: str, *, sample_data: bool = True) -> Pipeli
   if command == flags.RUN and args.metadata is not None:
     overrides.setdefault("run", {})["metadata"] = args.metadata
   config = config.replace(**{k: v for k, v in overrides.items() if v})
+  from ckptflow.pipeline import runner
+  runner.check_module(config)  # before the sample data is written into the home
+  sample_data = not (command == flags.COMPILE and config.data.features)
   if not config.data.path and sample_data:
     from ckptflow.pipeline.sample_data import write_sample_data
     sample_dir = write_sample_data(config.home_layout.sample_data_dir)
@@ -242,12 +253,51 @@ def _config_from_args(args, command: str, *, sample_data: bool = True) -> Pipeli
   return config
 
 
+def _resume_command(args, home: str) -> str:
+  """The command line that resumes an interrupted run: the same one, with
+  the home spelled out."""
+  argv = list(args.argv)
+  rest = argv[argv.index("run") + 1:] if "run" in argv else []
+  before = argv[:argv.index("run")] if "run" in argv else []
+  kept, skip = [], False
+  for token in rest:
+    if skip:
+      skip = False
+    elif token == "--home":
+      skip = True
+    elif not token.startswith("--home="):
+      kept.append(token)
+  return shlex.join(["ckptflow", *before, "run", "--home", home, *kept])
+
+
+def _stop_on_sigterm(signum, frame):  # pylint: disable=unused-argument
+  raise errors.Interrupted("stopped by SIGTERM", signum)
+
+
 def cmd_run(args) -> int:
   # --metadata is in config.run.metadata; config.metadata_target applies
   # the same rule as every other subcommand (metadata.resolve_target).
   config = _config_from_args(args, flags.RUN)
   from ckptflow.operations import run as run_operation
-  summary = run_operation.run(config)
+  # SIGTERM outside training ends the run like Ctrl-C does (the Trainer
+  # installs its own handler while it trains: save, register, stop).
+  previous = signal.signal(signal.SIGTERM, _stop_on_sigterm)
+  try:
+    summary = run_operation.run(config)
+  except (errors.Interrupted, KeyboardInterrupt) as e:
+    stopped = (e if isinstance(e, errors.Interrupted)
+               else errors.Interrupted("interrupted", signal.SIGINT))
+    resume = _resume_command(args, config.home)
+    step = getattr(e, "step", None)
+    if step is None:
+      raise errors.Interrupted(f"interrupted by {stopped.signal_name} before training "
+                               f"saved a checkpoint; run again with: {resume}",
+                               stopped.signum) from e
+    raise errors.Interrupted(f"interrupted by {stopped.signal_name} at step {step}: the "
+                             f"checkpoint of step {step} is saved and registered; resume "
+                             f"with: {resume}", stopped.signum) from e
+  finally:
+    signal.signal(signal.SIGTERM, previous)
   for line in summary.lines():
     print(line)
   return 0
@@ -337,13 +387,8 @@ def cmd_compile(args) -> int:
   # --metadata names the store the tasks use (CKPTFLOW_METADATA in their pods).
   env = kfp_compile.parse_env(list(args.env) + (
       [f"CKPTFLOW_METADATA={args.metadata}"] if args.metadata else []))
-  config = _config_from_args(args, flags.COMPILE, sample_data=False)
-  features = None
-  if not config.data.path:
-    if not config.data.features:
-      raise CkptflowError("compile needs the feature columns: pass --data DIR (its "
-                          "CSV header; also the default data_root) or --features a,b")
-    features = config.data.features
+  config = _config_from_args(args, flags.COMPILE)
+  features = None if config.data.path else config.data.features
   overrides = {"serving": {"serving_dir": args.serving_dir}} if args.serving_dir else {}
   if args.pipeline_name:
     overrides["run"] = {"pipeline_name": args.pipeline_name}
@@ -503,7 +548,9 @@ def _configure_logging(verbose: bool) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
   parser = build_parser()
+  argv = list(sys.argv[1:] if argv is None else argv)
   args = parser.parse_args(argv)
+  args.argv = argv
   _configure_logging(args.verbose)
   handler: Callable = args.handler
   try:
@@ -513,8 +560,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"ckptflow: error: {message}", file=sys.stderr)
     status = e.exit_code
   except KeyboardInterrupt:
-    print("ckptflow: interrupted", file=sys.stderr)
-    status = 130
+    print("ckptflow: error: interrupted by SIGINT", file=sys.stderr)
+    status = 128 + signal.SIGINT
   except Exception:
     if not storage.remote_touched():
       raise

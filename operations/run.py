@@ -13,16 +13,18 @@ def run(config: PipelineConfig) -> runner.RunSummary:
   """Validates `config` against its data, then runs the whole pipeline.
 
   Everything that can be checked is checked before anything is written
-  (`runner.preflight`), including that the store is this home's (a copied
-  or moved home stops there). The home is then registered in its store if
-  it is not yet (`identity.check`). Before the pipeline starts, and if no
-  other ckptflow command is writing in the home, repairs what killed
-  commands left behind (`doctor.recover`).
+  (`runner.preflight`, which also infers `num_classes` from the data),
+  including that the store is this home's (a copied or moved home stops
+  there). The home is then registered in its store if it is not yet
+  (`identity.check`). Before the pipeline starts, and if no other ckptflow
+  command is writing in the home, repairs what killed commands left behind
+  (`doctor.recover`).
   """
-  feature_keys = runner.preflight(config)
+  checked = runner.preflight(config)
+  config = checked.config  # with what the preflight inferred (num_classes)
   runner.prepare_home(config)
   store = metadata.open_store(config.metadata_target)  # reachable, a real MLMD store
   identity.check(store, config.metadata_target, config.home_layout, adopt=True)
   doctor.recover(config.metadata_target, config.home_layout)
-  runner.execute(config, feature_keys)
+  runner.execute(config, checked.feature_keys)
   return runner.summarize(config)

@@ -313,6 +313,11 @@ class PipelineConfig:
       raise ConfigError(f"config file {path!r} is a directory") from e
     except tomllib.TOMLDecodeError as e:
       raise ConfigError(f"config file {path!r} is not valid TOML: {e}") from e
+    except UnicodeDecodeError as e:
+      raise ConfigError(f"config file {path!r} is not UTF-8 text (byte {e.start}). "
+                        "Expected a TOML file saved as UTF-8") from e
+    except OSError as e:
+      raise ConfigError(f"config file {path!r} cannot be read: {e.strerror or e}") from e
     return cls.from_dict(raw, source=path)
 
 

@@ -9,8 +9,11 @@ column is wrong in one line.
 What is checked, per file: UTF-8 text; well-formed CSV quoting (`strict`
 parsing); no blank lines; the same number of fields on every row as in the
 header; no duplicate or empty header names; every feature value a finite
-number; every label an integer class id in [0, num_classes). At least one
-data row overall.
+number; every label an integer class id >= 0. At least one data row, and
+at least two classes, overall. The number of classes (the largest label
+plus one) is returned, so a run can infer `num_classes` from the data; a
+configured `num_classes` must be above every label, and the error says
+which setting to raise, and to what.
 
 Cost: one streaming pass over every file with Python's `csv` module, in
 constant memory: about 2 s per million fields on these (busy, 2-core)
@@ -32,11 +35,24 @@ from ckptflow.pipeline.config import DataConfig
 from ckptflow.base.errors import DataError
 
 
+NUM_CLASSES_SETTING = "training.hyperparameters.num_classes"
+
+
 @dataclasses.dataclass(frozen=True)
 class DataSummary:
   files: int
   rows: int
   feature_keys: tuple[str, ...]
+  num_classes: int  # the largest label + 1
+
+
+@dataclasses.dataclass
+class _Labels:
+  """The labels seen so far: distinct ids, and where the largest first is."""
+
+  seen: set = dataclasses.field(default_factory=set)
+  largest: int = -1
+  where: str = ""
 
 
 def _finite_number(text: str) -> bool:
@@ -57,7 +73,7 @@ def check_csv(data: DataConfig, *, num_classes: int | None = None) -> DataSummar
 
   Args:
     data: the data section (its files, label and feature columns).
-    num_classes: if known, labels must be below it.
+    num_classes: if set in the config, every label must be below it.
 
   Raises:
     DataError, ConfigError: naming the file, line, column and value that is
@@ -68,12 +84,24 @@ def check_csv(data: DataConfig, *, num_classes: int | None = None) -> DataSummar
     _read_header(path)
   feature_keys = data.resolved_features()
   rows = 0
+  labels = _Labels()
   for path in files:
-    rows += _check_file(path, data.label, feature_keys, num_classes)
+    rows += _check_file(path, data.label, feature_keys, labels)
   if rows == 0:
     raise DataError(f"data directory {data.path!r} holds no data rows: its CSV "
                     "files have a header only")
-  return DataSummary(files=len(files), rows=rows, feature_keys=feature_keys)
+  if len(labels.seen) < 2:
+    raise DataError(f"data in {data.path!r}: label {data.label!r} is {labels.largest} "
+                    f"on all {rows} rows. Expected at least two classes to train a "
+                    "classifier")
+  if num_classes is not None and labels.largest >= num_classes:
+    raise DataError(f"{labels.where}: label {data.label!r} is {labels.largest}, but "
+                    f"{NUM_CLASSES_SETTING} is {num_classes}. Set "
+                    f"[training] hyperparameters.num_classes = {labels.largest + 1} "
+                    "(or more) in the config file, or leave it out to infer it from "
+                    "the data")
+  return DataSummary(files=len(files), rows=rows, feature_keys=feature_keys,
+                     num_classes=labels.largest + 1)
 
 
 def _read_header(path: str) -> list[str]:
@@ -94,7 +122,7 @@ def _read_header(path: str) -> list[str]:
 
 
 def _check_file(path: str, label: str, feature_keys: Sequence[str],
-                num_classes: int | None) -> int:
+                labels: _Labels) -> int:
   rows = 0
   try:
     with open(path, newline="", encoding="utf-8") as f:
@@ -134,10 +162,10 @@ def _check_file(path: str, label: str, feature_keys: Sequence[str],
         if class_id is None:
           raise DataError(f"data file {path!r} line {line}: label {label!r} is "
                           f"{value[:40]!r}. Expected an integer class id >= 0")
-        if num_classes is not None and class_id >= num_classes:
-          raise DataError(f"data file {path!r} line {line}: label {label!r} is "
-                          f"{class_id}. Expected a class id below num_classes="
-                          f"{num_classes}")
+        labels.seen.add(class_id)
+        if class_id > labels.largest:
+          labels.largest = class_id
+          labels.where = f"data file {path!r} line {line}"
         rows += 1
   except csv.Error as e:
     raise DataError(f"data file {path!r} is not valid CSV near line "

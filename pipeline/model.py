@@ -4,8 +4,9 @@ It shows the Trainer contract (`components/trainer/contract.py`) with the
 state a real custom loop has: two optimizers (Adam for the hidden layers,
 SGD with momentum for the output layer), extra training variables (running
 loss and accuracy), and input noise drawn from the Trainer's checkpointed
-RNG. Hyperparameters: `learning_rate`, `head_learning_rate`,
-`hidden_units` (list), `num_classes`, `input_noise`.
+RNG. Hyperparameters (declared with their defaults in `HYPERPARAMETERS`):
+`learning_rate`, `head_learning_rate`, `hidden_units` (list),
+`num_classes` (inferred from the data when not set), `input_noise`.
 """
 
 from __future__ import annotations
@@ -13,6 +14,22 @@ from __future__ import annotations
 import tensorflow as tf
 
 from ckptflow.components.trainer.contract import TrainingSetup, TrainingSpec
+
+# Declarations a run checks before anything is written, reading this file
+# without importing it (components/trainer/declarations.py). num_classes,
+# when the config leaves it out, is inferred from the data's labels.
+HYPERPARAMETERS = {
+    "learning_rate": 0.01,
+    "head_learning_rate": 0.05,
+    "hidden_units": [16, 8],
+    "num_classes": 3,
+    "input_noise": 0.01,
+}
+METRICS = {
+    "loop": ("loss", "accuracy", "running_loss", "running_accuracy"),
+    "fit": ("loss", "sparse_categorical_accuracy"),
+}
+EVALUATION_METRICS = ("SparseCategoricalAccuracy", "SparseTopKCategoricalAccuracy")
 
 
 def build_keras_model(spec: TrainingSpec) -> tf.keras.Model:

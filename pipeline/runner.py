@@ -15,6 +15,7 @@ import os
 import shutil
 from typing import Iterator
 
+from ckptflow.components.trainer import declarations
 from ckptflow.pipeline import data_validation
 from ckptflow.base import identity, metadata, mlmd, storage
 from ckptflow.base.home import Home, shared_lock
@@ -23,8 +24,6 @@ from ckptflow.base.errors import CheckpointError, CkptflowError, ConfigError
 
 MIN_FREE_ENV = "CKPTFLOW_MIN_FREE_MB"
 DEFAULT_MIN_FREE_MB = 64
-DEFAULT_MODULE = "ckptflow.pipeline.model"
-DEFAULT_NUM_CLASSES = 3  # pipeline/model.py's default num_classes
 
 _log = logging.getLogger(__name__)
 
@@ -151,13 +150,49 @@ def prepare_home(config: PipelineConfig) -> None:
     storage.create_dir(path, what)
 
 
-def _num_classes(config: PipelineConfig) -> int | None:
-  """The class count labels must stay below, where the config says it (the
-  example model's default is 3)."""
+def check_module(config: PipelineConfig) -> declarations.ModuleDeclarations:
+  """Checks the model module against the config without running it: it
+  exists and parses, the packages it imports are installed, it defines
+  what `training.style` calls, and (where it declares them) accepts the
+  config's hyperparameters, has the metric `best_metric` names and offers
+  `evaluation.metric`. Imports neither TensorFlow nor the module itself
+  (`components/trainer/declarations.py`).
+
+  Raises:
+    ConfigError: naming the setting, the value and what was expected.
+  """
+  training = config.training
+  declared = declarations.read(training.module)
+  declarations.check_imports(declared)
+  declarations.check_entry_point(declared, training.style)
+  declarations.check_hyperparameters(declared, training.hyperparameters)
+  if training.keep_best or training.warm_start == "best":
+    names = declarations.checkpoint_metrics(declared, training.style,
+                                            with_eval=training.eval_every > 0)
+    if names is not None and training.best_metric not in names:
+      used_by = "keep_best" if training.keep_best else "warm_start = 'best'"
+      raise ConfigError(
+          f"config: training.best_metric is invalid (used by {used_by}). Received: "
+          f"{training.best_metric!r}. Expected a metric {training.module}'s "
+          f"checkpoints carry with training.style = {training.style!r}"
+          f"{' and eval_every' if training.eval_every else ''}: {', '.join(names)}")
+  offered = declared.evaluation_metrics
+  if offered is not None and config.evaluation.metric not in offered:
+    raise ConfigError(
+        f"config: evaluation.metric is invalid. Received: {config.evaluation.metric!r}. "
+        f"Expected a metric {training.module} declares for evaluation: {', '.join(offered)}")
+  return declared
+
+
+def _configured_num_classes(config: PipelineConfig) -> int | None:
   value = config.training.hyperparameters.get("num_classes")
-  if value is None and config.training.module == DEFAULT_MODULE:
-    value = DEFAULT_NUM_CLASSES
-  return value if isinstance(value, int) and not isinstance(value, bool) else None
+  if value is None:
+    return None
+  if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+    raise ConfigError(f"config: {data_validation.NUM_CLASSES_SETTING} is invalid. "
+                      f"Received: {value!r}. Expected a positive integer (or leave it "
+                      "out to infer it from the data)")
+  return value
 
 
 def check_warm_start(config: PipelineConfig) -> None:
@@ -198,18 +233,37 @@ def check_warm_start(config: PipelineConfig) -> None:
                           "corrupted: its files do not match the recorded sha256")
 
 
-def preflight(config: PipelineConfig) -> tuple[str, ...]:
-  """Everything that can be checked before anything is written: the data
-  (every row), a metadata server's reachability, that an existing store is
-  this home's (`identity.check`: not a copied or moved home's), the
-  warm-start checkpoint, free space and writable directories. Returns the
-  feature columns.
+@dataclasses.dataclass(frozen=True)
+class Checked:
+  """What the preflight decided: the config to run (with `num_classes`
+  inferred from the data where the module declares it and the config
+  leaves it out) and the feature columns."""
+
+  config: PipelineConfig
+  feature_keys: tuple[str, ...]
+
+
+def preflight(config: PipelineConfig) -> Checked:
+  """Everything that can be checked before anything is written: the model
+  module and its hyperparameters and metric names, the data (every row),
+  a metadata server's reachability, that an existing store is this home's
+  (`identity.check`: not a copied or moved home's), the warm-start
+  checkpoint, free space and writable directories. Imports neither
+  TensorFlow nor TFX.
 
   Raises:
     CkptflowError: naming what is wrong; nothing has been written.
   """
-  summary = data_validation.check_csv(config.data, num_classes=_num_classes(config))
+  declared = check_module(config)
+  configured = _configured_num_classes(config)
+  summary = data_validation.check_csv(config.data, num_classes=configured)
   _log.info("data: %d rows in %d file(s) checked", summary.rows, summary.files)
+  if (configured is None and declared.hyperparameters is not None
+      and "num_classes" in declared.hyperparameters):
+    _log.info("num_classes: %d, inferred from the labels in the data (set "
+              "%s to choose)", summary.num_classes, data_validation.NUM_CLASSES_SETTING)
+    config = config.replace(training={"hyperparameters": {
+        **config.training.hyperparameters, "num_classes": summary.num_classes}})
   target = config.metadata_target
   path = metadata.sqlite_path(target)
   store = None
@@ -224,7 +278,7 @@ def preflight(config: PipelineConfig) -> tuple[str, ...]:
   check_remote_roots(config)
   check_directories(config)
   check_free_space(config)
-  return summary.feature_keys
+  return Checked(config=config, feature_keys=summary.feature_keys)
 
 
 def execute(config: PipelineConfig, feature_keys: tuple[str, ...]) -> None:

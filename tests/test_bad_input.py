@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 import pathlib
 import shutil
+import socket
 import subprocess
+import threading
 import uuid
 
 import pytest
@@ -105,13 +108,52 @@ def run_with_flags(*flags, data_lines=None):
   return build
 
 
-def run_with_config(text):
+def run_with_config(text, *extra, data_lines=None):
+  """A `ckptflow run` case with a config file holding `text` (bytes are
+  written as they are)."""
+  def build(tmp_path, toy):
+    data = write_csv(tmp_path / "data", data_lines or [HEADER, *GOOD_ROWS])
+    config = tmp_path / "config.toml"
+    if isinstance(text, bytes):
+      config.write_bytes(text)
+    else:
+      config.write_text(text)
+    return (["run", "--home", str(toy.home), "--data", str(data), "--config", str(config),
+             *extra], [data, config], {})
+  return build
+
+
+def run_with_module(source, *, config=None):
+  """A `ckptflow run` case whose model module is a .py file holding
+  `source` (bytes are written as they are), with a config file holding
+  `config` if given."""
   def build(tmp_path, toy):
     data = write_csv(tmp_path / "data", [HEADER, *GOOD_ROWS])
-    config = tmp_path / "config.toml"
-    config.write_text(text)
-    return (["run", "--home", str(toy.home), "--data", str(data), "--config", str(config)],
-            [data, config], {})
+    module = tmp_path / "my_model.py"
+    if isinstance(source, bytes):
+      module.write_bytes(source)
+    else:
+      module.write_text(source)
+    extra = []
+    if config is not None:
+      (tmp_path / "config.toml").write_text(config)
+      extra = ["--config", str(tmp_path / "config.toml")]
+    return (["run", "--home", str(toy.home), "--data", str(data), "--module", str(module),
+             *extra], [data, module], {})
+  return build
+
+
+def module_file_missing(tmp_path, toy):
+  return run_with_flags("--module", str(tmp_path / "my_model.py"))(tmp_path, toy)
+
+
+def run_on_new_home(*flags):
+  """A `ckptflow run` case on a home that does not exist yet: nothing may
+  appear there (no store, no sample data, no directories)."""
+  def build(tmp_path, toy):
+    data = write_csv(tmp_path / "data", [HEADER, *GOOD_ROWS])
+    home = tmp_path / "new-home"
+    return ["run", "--home", str(home), "--data", str(data), *flags], [data, home], {}
   return build
 
 
@@ -175,6 +217,34 @@ def unreachable_mysql_from_environment(tmp_path, toy):
   return args, roots, {"CKPTFLOW_METADATA": target}
 
 
+def not_a_mysql_server(answer: bytes):
+  """A case whose metadata target is a real TCP server on 127.0.0.1 that
+  accepts connections, sends `answer` instead of a MySQL greeting (as
+  another service on a mistyped port would), and closes them."""
+  return lambda tmp_path, toy: _serve_and_run(answer, tmp_path, toy)
+
+
+def _serve_and_run(answer: bytes, tmp_path, toy):
+  server = socket.socket()
+  server.bind(("127.0.0.1", 0))
+  server.listen(8)
+
+  def serve():
+    while True:
+      try:
+        connection, _ = server.accept()
+      except OSError:
+        return
+      if answer:
+        connection.sendall(answer)
+      connection.close()
+
+  threading.Thread(target=serve, daemon=True).start()
+  port = server.getsockname()[1]
+  return run_on_new_home("--metadata", f"mysql://root@127.0.0.1:{port}/ckptflow")(
+      tmp_path, toy)
+
+
 def unknown_metadata_scheme(tmp_path, toy):
   return ["checkpoints", "--home", str(toy.home), "--metadata", "postgres://x/y"], [], {}
 
@@ -228,8 +298,13 @@ CASES = [
          run_with_data([HEADER, GOOD_ROWS[0], "Adelie,0.5,0.2,0.6,0.7"])),
     Case("label-is-fractional", "label 'species' is '1.5'",
          run_with_data([HEADER, "1.5,0.5,0.2,0.6,0.7"])),
-    Case("label-out-of-range", "label 'species' is 7. Expected a class id below num_classes=3",
-         run_with_data([HEADER, GOOD_ROWS[0], "7,0.5,0.2,0.6,0.7"])),
+    Case("label-above-configured-num-classes",
+         "line 3: label 'species' is 7, but training.hyperparameters.num_classes is 3. "
+         "Set [training] hyperparameters.num_classes = 8",
+         run_with_config("[training]\nhyperparameters = { num_classes = 3 }\n",
+                         data_lines=[HEADER, GOOD_ROWS[0], "7,0.5,0.2,0.6,0.7", GOOD_ROWS[1]])),
+    Case("data-with-a-single-class", "label 'species' is 0 on all 2 rows. Expected at "
+         "least two classes", run_with_data([HEADER, GOOD_ROWS[0], "0,0.5,0.2,0.6,0.7"])),
     Case("feature-nan", "feature 'culmen_depth_mm' is 'nan'. Expected a finite number",
          run_with_data([HEADER, GOOD_ROWS[0], "1,0.5,nan,0.6,0.7"])),
     Case("feature-inf", "feature 'body_mass_g' is '-inf'",
@@ -291,13 +366,112 @@ CASES = [
          on_toy("lineage", "nomodel:3")),
     Case("lineage-unknown-id", "no artifact with id 99999", on_toy("lineage", "99999")),
     # --- metadata store -------------------------------------------------------
+    Case("grpc-server-unreachable",
+         "cannot reach the metadata gRPC server at 127.0.0.1:1: Connection refused",
+         run_on_new_home("--metadata", "grpc://127.0.0.1:1")),
+    Case("grpc-target-with-a-path", "metadata target 'grpc://127.0.0.1:1/mlmd' is not "
+         "grpc://HOST:PORT", run_on_new_home("--metadata", "grpc://127.0.0.1:1/mlmd")),
+    Case("mysql-database-name-with-spaces",
+         "database name 'my store' is not valid. Expected 1 to 64 letters, digits and '_'",
+         run_on_new_home("--metadata", f"mysql://root@{MYSQL_HOST}:{MYSQL_PORT}/my store")),
+    Case("mysql-database-name-with-a-dash", "database name 'ml-md' is not valid",
+         run_on_new_home("--metadata", f"mysql://root@{MYSQL_HOST}:{MYSQL_PORT}/ml-md")),
+    Case("mysql-database-name-digits-only", "database name '2024' is not valid",
+         on_toy("checkpoints", "--metadata", f"mysql://root@{MYSQL_HOST}:{MYSQL_PORT}/2024")),
+    Case("mysql-port-that-closes-at-once", "MySQL error 2013 at 127.0.0.1:",
+         not_a_mysql_server(b"")),
+    Case("mysql-port-of-another-service", "is not a MySQL server (its answer is not the "
+         "MySQL protocol", not_a_mysql_server(b"HTTP/1.0 400 Bad Request\r\n\r\n")),
+    Case("mysql-unknown-host", "MySQL error 2005: unknown MySQL server host "
+         "'no-such-host.invalid'",
+         run_on_new_home("--metadata", "mysql://root@no-such-host.invalid:3306/ckptflow")),
     Case("corrupted-sqlite-run", "cannot open metadata store", corrupted_sqlite),
     Case("corrupted-sqlite-listing", "cannot open metadata store", corrupted_sqlite_listing),
     Case("unknown-metadata-scheme", "has unknown scheme 'postgres'", unknown_metadata_scheme),
     Case("missing-store", "no metadata store at", missing_store),
-    Case("mysql-unreachable", "no MySQL server reachable at", unreachable_mysql),
-    Case("mysql-unreachable-from-environment", "no MySQL server reachable at",
+    Case("mysql-refused", f"MySQL error 2003: connection to {MYSQL_HOST}:9 refused",
+         unreachable_mysql),
+    Case("mysql-refused-from-environment",
+         f"MySQL error 2003: connection to {MYSQL_HOST}:9 refused",
          unreachable_mysql_from_environment),
+    # --- the model module, its hyperparameters and metric names ----------------
+    # Found before anything is written (and before TensorFlow is imported).
+    Case("hyperparameter-of-the-wrong-type",
+         "training.hyperparameters.learning_rate is invalid. Received: 'fast'. Expected "
+         "a number (default 0.01, declared in ckptflow.pipeline.model HYPERPARAMETERS)",
+         run_with_config('[training]\nhyperparameters = { learning_rate = "fast" }\n')),
+    Case("hyperparameter-unknown-key", "training.hyperparameters has unknown key "
+         "'learnin_rate': ckptflow.pipeline.model declares head_learning_rate,",
+         run_with_config("[training]\nhyperparameters = { learnin_rate = 0.1 }\n")),
+    Case("hyperparameter-list-of-strings", "training.hyperparameters.hidden_units is "
+         "invalid. Received: ['wide', 8]. Expected a list of integers",
+         run_with_config('[training]\nhyperparameters = { hidden_units = ["wide", 8] }\n')),
+    Case("hyperparameter-bool-for-a-number", "learning_rate is invalid. Received: True. "
+         "Expected a number",
+         run_with_config("[training]\nhyperparameters = { learning_rate = true }\n")),
+    Case("hyperparameter-nan", "learning_rate is invalid. Received: nan. Expected a "
+         "finite number",
+         run_with_config("[training]\nhyperparameters = { learning_rate = nan }\n")),
+    Case("num-classes-not-an-integer", "training.hyperparameters.num_classes is invalid. "
+         "Received: 'three'. Expected an integer",
+         run_with_config('[training]\nhyperparameters = { num_classes = "three" }\n')),
+    Case("num-classes-zero", "training.hyperparameters.num_classes is invalid. Received: 0. "
+         "Expected a positive integer",
+         run_with_config("[training]\nhyperparameters = { num_classes = 0 }\n")),
+    Case("config-not-utf8", "is not UTF-8 text (byte 29). Expected a TOML file saved as UTF-8",
+         run_with_config(b'[serving]\nmodel_name = "pingu\xefn"\n')),
+    Case("config-utf16", "is not UTF-8 text (byte 0)",
+         run_with_config("[training]\ntrain_steps = 10\n".encode("utf-16"))),
+    Case("module-not-importable", "training.module 'no.such.module' cannot be imported",
+         run_with_flags("--module", "no.such.module")),
+    Case("module-not-in-package", "training.module 'ckptflow.pipeline.no_such_model' cannot "
+         "be imported: no such module", run_with_flags("--module",
+                                                      "ckptflow.pipeline.no_such_model")),
+    Case("module-not-a-module-path", "training.module 'my-model' is not a module path",
+         run_with_flags("--module", "my-model")),
+    Case("module-file-missing", "my_model.py' does not exist",
+         module_file_missing),
+    Case("module-syntax-error", "has a syntax error at line 2",
+         run_with_module("def build_training(spec):\n  return (\n")),
+    Case("module-not-utf8", "is not UTF-8 text (byte 2)",
+         run_with_module(b"# \xff\ndef build_training(spec):\n  pass\n")),
+    Case("module-imports-a-missing-package", "imports 'no_such_package' (line 2), which "
+         "is not installed",
+         run_with_module("import os\nfrom no_such_package.layers import Dense\n"
+                         "def build_training(spec):\n  pass\n")),
+    Case("module-without-build-training", "does not define build_training(spec), which "
+         "training.style = 'loop' calls", run_with_module("def build(spec):\n  pass\n")),
+    Case("module-for-the-other-style", "does not define build_keras_model(spec), which "
+         "training.style = 'fit' calls (see components/trainer/contract.py); it defines "
+         "build_training, set training.style = 'loop'",
+         run_with_module("def build_training(spec):\n  pass\n",
+                         config='[training]\nstyle = "fit"\n')),
+    Case("module-declaration-not-a-literal", "declares HYPERPARAMETERS with a value that "
+         "is not a literal (line 1)",
+         run_with_module("HYPERPARAMETERS = dict(rate=0.1)\ndef build_training(spec):\n"
+                         "  pass\n")),
+    Case("best-metric-unknown-with-keep-best",
+         "training.best_metric is invalid (used by keep_best). Received: 'no_such_metric'. "
+         "Expected a metric ckptflow.pipeline.model's checkpoints carry with training.style "
+         "= 'loop': loss, accuracy, running_loss, running_accuracy",
+         run_with_config('[training]\nkeep_best = 1\nbest_metric = "no_such_metric"\n')),
+    Case("best-metric-of-the-other-style", "Received: 'accuracy'. Expected a metric "
+         "ckptflow.pipeline.model's checkpoints carry with training.style = 'fit': loss, "
+         "sparse_categorical_accuracy",
+         run_with_config('[training]\nstyle = "fit"\nkeep_best = 2\n'
+                         'best_metric = "accuracy"\n')),
+    Case("best-metric-eval-without-eval-every", "Received: 'eval_loss'. Expected a metric",
+         run_with_config('[training]\nkeep_best = 1\nbest_metric = "eval_loss"\n')),
+    Case("best-metric-unknown-with-warm-start-best",
+         "training.best_metric is invalid (used by warm_start = 'best'). Received: 'acc'",
+         run_with_config('[training]\nwarm_start = "best"\nbest_metric = "acc"\n')),
+    Case("evaluation-metric-not-offered", "evaluation.metric is invalid. Received: "
+         "'Accuracyy'. Expected a metric ckptflow.pipeline.model declares for evaluation: "
+         "SparseCategoricalAccuracy", run_with_config('[evaluation]\nmetric = "Accuracyy"\n')),
+    Case("compile-module-not-importable", "training.module 'no.such.module' cannot be "
+         "imported", lambda tmp_path, toy: (
+             ["compile", "--home", str(toy.home), "--image", "registry.example.com/c:1",
+              "--module", "no.such.module"], [], {})),
 ]
 
 
@@ -392,7 +566,8 @@ def test_wrong_mysql_password_fails_with_one_line_and_writes_nothing(
   finally:
     mysql_admin(f"DROP USER IF EXISTS '{user}'@'%'", check=False)
   last = assert_fails_cleanly(result, "cannot open metadata store")
-  assert f"refused user {user!r}: wrong password" in last
+  assert f"MySQL error 1045 at {MYSQL_HOST}:{MYSQL_PORT}: the server refused user " \
+      f"{user!r}: wrong password" in last
   assert "wrong-password" not in result.stderr  # the password is masked
   assert not home.exists()
   assert tables == []
@@ -402,9 +577,80 @@ def test_wrong_mysql_password_fails_with_one_line_and_writes_nothing(
 def test_missing_mysql_database_is_not_created_by_a_listing(mysql_database):
   absent = mysql_database + "_absent"
   result = ckptflow("checkpoints", "--metadata", mysql_target(absent), check=False)
-  assert_fails_cleanly(result, "cannot open metadata store")
+  assert_fails_cleanly(result, f"MySQL error 1049 at {MYSQL_HOST}:{MYSQL_PORT}: database "
+                       f"{absent!r} does not exist")
   databases = mysql_admin("SHOW DATABASES").stdout.split()
   assert absent not in databases
+
+
+@contextlib.contextmanager
+def port_that_never_answers():
+  """A real TCP port on 127.0.0.1 whose listen queue is full and never
+  accepted: the kernel drops further connection attempts (SYNs), so a
+  client's connect times out, as with a host behind a dropping firewall."""
+  server = socket.socket()
+  server.bind(("127.0.0.1", 0))
+  server.listen(0)
+  port = server.getsockname()[1]
+  fillers = []
+  try:
+    for _ in range(4):
+      filler = socket.socket()
+      filler.setblocking(False)
+      try:
+        filler.connect(("127.0.0.1", port))
+      except BlockingIOError:
+        pass
+      fillers.append(filler)
+    probe = socket.socket()
+    probe.settimeout(1)
+    try:
+      probe.connect(("127.0.0.1", port))
+      pytest.fail("the listen queue did not fill: a connection was accepted")
+    except TimeoutError:
+      pass
+    finally:
+      probe.close()
+    yield port
+  finally:
+    for filler in fillers:
+      filler.close()
+    server.close()
+
+
+def test_mysql_connect_timeout_is_named_as_a_timeout_not_a_password(tmp_path):
+  data = write_csv(tmp_path / "data", [HEADER, *GOOD_ROWS])
+  home = tmp_path / "home"
+  with port_that_never_answers() as port:
+    result = ckptflow("run", "--home", str(home), "--data", str(data), "--metadata",
+                      f"mysql://root:secret@127.0.0.1:{port}/ckptflow", check=False)
+  last = assert_fails_cleanly(result, f"MySQL error 2003: no answer from 127.0.0.1:{port} "
+                              "within 10 s (connect timeout)")
+  assert "password" not in last and "secret" not in result.stderr
+  assert not home.exists()
+
+
+_IMPORT_PROBE = (
+    "import json, sys\n"
+    "from ckptflow.cli import main as cli\n"
+    "rc = cli.main(sys.argv[1:])\n"
+    "heavy = sorted({m.split('.')[0] for m in sys.modules} & {'tensorflow', 'tfx', 'keras'})\n"
+    "print(json.dumps([rc, heavy]))\n")
+
+
+@pytest.mark.parametrize("case_id", [
+    "hyperparameter-of-the-wrong-type", "module-not-importable", "module-syntax-error",
+    "best-metric-unknown-with-keep-best", "label-above-configured-num-classes",
+    "config-not-utf8", "grpc-server-unreachable"])
+def test_a_run_that_fails_validation_imports_neither_tensorflow_nor_tfx(
+    case_id, tmp_path, toy):
+  [case] = [c for c in CASES if c.id == case_id]
+  args, _, env = case.build(tmp_path, toy)
+  result = subprocess.run([os.sys.executable, "-c", _IMPORT_PROBE, *args],
+                          capture_output=True, text=True, env=os.environ | env, timeout=300)
+  rc, heavy = json.loads(result.stdout.strip().splitlines()[-1])
+  assert rc == 2, result.stderr[-2000:]
+  assert heavy == [], f"{case_id}: a run that failed validation imported {heavy}"
 
 
 SAVED_MODEL_WITHOUT_SIGNATURE = """

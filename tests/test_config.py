@@ -120,3 +120,42 @@ def test_cli_rejects_missing_data_dir_in_one_line(tmp_path):
       f"ckptflow: error: data directory {str(tmp_path / 'none')!r} does not exist "
       "or is not a directory")
   assert not (tmp_path / "h" / "pipeline_root").exists()
+
+
+def _labels_csv(directory, labels):
+  directory.mkdir(parents=True, exist_ok=True)
+  lines = ["species,a,b"] + [f"{label},0.{i},0.5" for i, label in enumerate(labels)]
+  (directory / "data.csv").write_text("\n".join(lines) + "\n")
+  return str(directory)
+
+
+def test_preflight_infers_num_classes_from_the_labels_and_writes_nothing(tmp_path):
+  from ckptflow.pipeline import runner
+  data = _labels_csv(tmp_path / "data", [0, 1, 2, 3, 1])
+  home = tmp_path / "home"
+  config = PipelineConfig().replace(data={"path": data}, run={"home": str(home)})
+  checked = runner.preflight(config)
+  assert checked.config.training.hyperparameters["num_classes"] == 4
+  assert checked.config.training.hyperparameters["learning_rate"] == 0.01  # kept
+  assert checked.feature_keys == ("a", "b")
+  assert not home.exists()
+
+
+def test_preflight_keeps_a_configured_num_classes_that_is_large_enough(tmp_path):
+  from ckptflow.pipeline import runner
+  data = _labels_csv(tmp_path / "data", [0, 1, 2])
+  config = PipelineConfig().replace(
+      data={"path": data}, run={"home": str(tmp_path / "home")},
+      training={"hyperparameters": {"num_classes": 5}})
+  assert runner.preflight(config).config.training.hyperparameters == {"num_classes": 5}
+
+
+def test_a_module_that_does_not_declare_num_classes_gets_none_inferred(tmp_path):
+  from ckptflow.pipeline import runner
+  module = tmp_path / "plain_model.py"
+  module.write_text("def build_training(spec):\n  pass\n")
+  config = PipelineConfig().replace(
+      data={"path": _labels_csv(tmp_path / "data", [0, 1, 3])},
+      run={"home": str(tmp_path / "home")},
+      training={"module": str(module), "hyperparameters": {"width": 3}})
+  assert runner.preflight(config).config.training.hyperparameters == {"width": 3}

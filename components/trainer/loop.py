@@ -46,19 +46,19 @@ from ckptflow.components.trainer import checkpoint_files
 from ckptflow.components.trainer import policies
 from ckptflow.components.trainer.contract import TrainingSetup, default_eval_step
 from ckptflow.base import storage
-from ckptflow.base.errors import CheckpointError
+from ckptflow.base.errors import CheckpointError, Interrupted
 from ckptflow.base.faults import fault_point
 
 _log = logging.getLogger(__name__)
 
 
-class TrainingInterrupted(Exception):
-  """Training stopped on a signal after saving; the orchestrator may retry."""
+class TrainingInterrupted(Interrupted):
+  """Training stopped on a signal after saving and registering a checkpoint
+  of `step`; the orchestrator may retry, and the retry resumes there."""
 
   def __init__(self, signum: int, step: int):
     super().__init__(f"training stopped by signal {signum} at step {step} "
-                     "after saving a checkpoint; rerun to resume")
-    self.signum = signum
+                     "after saving a checkpoint; rerun to resume", signum)
     self.step = step
 
 

@@ -149,8 +149,6 @@ def test_vertex_target_keeps_the_resolver_nodes(penguins_dir):
 @pytest.mark.parametrize("flags, env, expected", [
     ([], {"CKPTFLOW_IMAGE": ""}, "no container image: pass --image IMAGE"),
     (["--image", "Not An Image"], {}, "image 'Not An Image' is not a container image"),
-    (["--image", "registry.example.com/ckptflow:1"], {},
-     "compile needs the feature columns: pass --data DIR"),
     (["--image", "registry.example.com/ckptflow:1", "--features", "a,b",
       "--env", "CKPTFLOW_METADATA=mysql://root:s3cret@db:3306/mlmd"], {},
      "CKPTFLOW_METADATA=mysql://root:***@db:3306/mlmd holds a password"),
@@ -167,3 +165,16 @@ def test_compile_bad_input_fails_with_one_line_and_writes_nothing(tmp_path, flag
   assert len(lines) == 1 and lines[0].startswith("ckptflow: error: ") and expected in lines[0]
   assert "s3cret" not in result.stderr
   assert not out.exists()
+
+
+@pytest.mark.heavy
+def test_compile_without_data_uses_the_sample_data_as_run_does(tmp_path):
+  home = tmp_path / "home"
+  out = tmp_path / "out"
+  ckptflow("compile", "--target", "kubeflow", "--image", "registry.example.com/ckptflow:1",
+           "--home", str(home), "--out", str(out))
+  sample = home / "data" / "sample"
+  assert (sample / "data.csv").is_file()
+  job = json.loads((out / "pipeline.json").read_text())
+  data_root = job["pipelineSpec"]["root"]["inputDefinitions"]["parameters"]["data_root"]
+  assert data_root["defaultValue"] == str(sample)
