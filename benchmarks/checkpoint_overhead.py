@@ -254,6 +254,7 @@ def run_config(size: str, mode: str, every: int, block: int, pairs: int, *, setu
   """One TrainingLoop run of alternating A/B blocks; returns its pairs."""
   from ml_metadata.proto import metadata_store_pb2
   from ckptflow.components.trainer import policies
+  from ckptflow.base.progress import TrainingReporter
   from ckptflow.components.trainer.loop import LoopSettings, TrainingLoop
   from ckptflow.components.trainer.registration import MlmdCheckpointSink
 
@@ -274,7 +275,11 @@ def run_config(size: str, mode: str, every: int, block: int, pairs: int, *, setu
   cpu_stamps: dict[int, float] = {}  # step -> process CPU seconds, at block edges
   loop_box = []
 
-  def progress(_line: str) -> None:
+  class StepClock(TrainingReporter):
+    def step(self, step: int, loss: float | None = None) -> None:
+      clock(step)
+
+  def clock(_step: int) -> None:
     step = len(stamps) + 1
     if step >= WARMUP_STEPS and (step - WARMUP_STEPS) % block == 0 and step <= total:
       # End of the warm-up or of a block: its checkpoints' work is finished
@@ -289,8 +294,8 @@ def run_config(size: str, mode: str, every: int, block: int, pairs: int, *, setu
       settings=LoopSettings(
           train_steps=total + 1, checkpoint_dir=checkpoint_dir,
           fingerprint="benchmark", resume_key=run_key, examples_per_epoch=examples,
-          batch_size=batch_size, async_checkpoint=mode == "async", log_every=1),
-      save_policy=policy, retention=policies.KeepLast(2), sink=sink, progress=progress)
+          batch_size=batch_size, async_checkpoint=mode == "async"),
+      save_policy=policy, retention=policies.KeepLast(2), sink=sink, progress=StepClock())
   loop_box.append(loop)
   stages = StageTimes() if profile else None
   undo = stages.install(loop, sink) if stages else None

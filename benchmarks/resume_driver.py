@@ -37,6 +37,7 @@ from ckptflow.components.trainer.loop import (LoopSettings, TrainingInterrupted,
                                               TrainingLoop)
 from ckptflow.components.trainer.registration import MlmdCheckpointSink  # noqa: E402
 from ckptflow.base import metadata  # noqa: E402
+from ckptflow.base.progress import TrainingReporter  # noqa: E402
 
 IMPORTED = time.time()
 
@@ -71,7 +72,11 @@ def main() -> int:
   first_step: list[int] = []
   loop_steps = [0]
 
-  def progress(_line: str) -> None:
+  class StepClock(TrainingReporter):
+    def step(self, step: int, loss: float | None = None) -> None:
+      on_step()
+
+  def on_step() -> None:
     loop_steps[0] += 1
     if not first_step:
       times["first_step_done"] = time.time()
@@ -88,9 +93,9 @@ def main() -> int:
       settings=LoopSettings(
           train_steps=args.steps, checkpoint_dir=os.path.join(args.dir, f"exec-{execution_id}"),
           fingerprint="benchmark", resume_key=args.run_key, examples_per_epoch=examples,
-          batch_size=32, log_every=1),
+          batch_size=32),
       save_policy=policies.EveryNSteps(args.every), retention=policies.KeepLast(2),
-      sink=sink, signal_policy=policies.OnSignal(), progress=progress)
+      sink=sink, signal_policy=policies.OnSignal(), progress=StepClock())
   resumed = loop.resume()
   resumed_step = resumed.step if resumed else 0
   times["resume_done"] = time.time()

@@ -6,8 +6,8 @@ The pipeline flags that `run` and `compile` share are one table of
 `config_flags(command)` builds an argparse parent parser from the table,
 and `config_overrides(args, command)` turns parsed flags back into the
 sections `PipelineConfig.replace` takes. The flags every subcommand takes
-(`--home`, `--metadata`) and the ones many take (`--json`, `--serving-dir`)
-are parent parsers too.
+(`--home`, `--metadata`, `--verbose`) and the ones many take (`--json`,
+`--serving-dir`) are parent parsers too.
 
 Imports neither TensorFlow nor TFX.
 """
@@ -157,6 +157,19 @@ def home_flags() -> argparse.ArgumentParser:
   return parser
 
 
+VERBOSE_HELP = ("show every log line: TFX, Beam and absl logs, Python warnings and "
+                "TensorFlow's C++ log (default: only ckptflow's own lines and errors)")
+
+
+def verbose_flag(*, top_level: bool = False) -> argparse.ArgumentParser:
+  """`-v/--verbose`, taken before or after the subcommand. The subcommand's
+  copy has no default, so it cannot reset a `--verbose` given before it."""
+  parser = argparse.ArgumentParser(add_help=False)
+  parser.add_argument("-v", "--verbose", action="store_true", help=VERBOSE_HELP,
+                      default=False if top_level else argparse.SUPPRESS)
+  return parser
+
+
 def json_flag() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(add_help=False)
   parser.add_argument("--json", action="store_true", help="one JSON document on stdout")
@@ -170,5 +183,6 @@ def serving_dir_flag(help: str = "TF Serving root (default: HOME/serving)") -> a
 
 
 def parents(*parsers: argparse.ArgumentParser) -> Sequence[argparse.ArgumentParser]:
-  """`home_flags()` first, then `parsers`: the parents of a subcommand."""
-  return [home_flags(), *parsers]
+  """`home_flags()` first, then `parsers`, then `verbose_flag()`: the
+  parents of a subcommand."""
+  return [home_flags(), *parsers, verbose_flag()]

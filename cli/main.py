@@ -21,6 +21,7 @@ import shlex
 import signal
 import sys
 import traceback
+import warnings
 from typing import Callable, Sequence
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")  # before TensorFlow loads
@@ -248,7 +249,8 @@ def _config_from_args(args, command: str) -> PipelineConfig:
   if not config.data.path and sample_data:
     from ckptflow.pipeline.sample_data import write_sample_data
     sample_dir = write_sample_data(config.home_layout.sample_data_dir)
-    _log.info("no --data given: using the generated sample dataset in %s", sample_dir)
+    # The run says so when it starts (pipeline/runner.py execute).
+    _log.debug("no --data given: using the generated sample dataset in %s", sample_dir)
     config = config.replace(data={"path": sample_dir})
   return config
 
@@ -306,24 +308,49 @@ def cmd_run(args) -> int:
 # --- checkpoints -------------------------------------------------------------
 
 
+def checkpoint_table(records, served_as) -> list[str]:
+  """The lines `ckptflow checkpoints` prints: one column per metric (named
+  in full, as wide as its name or widest value), then what the checkpoint is
+  behind (`served_as`: id -> ["penguin:1 (stable)", ...]) or kept for, then
+  its uri."""
+  names = sorted({name for r in records for name in r.metrics})
+  cells = [[f"{r.metrics[n]:.4g}" if n in r.metrics else "-" for n in names]
+           for r in records]
+  notes = []
+  for r in records:
+    note = [f"served {', '.join(served_as[r.id])}"] if served_as.get(r.id) else []
+    if r.protected:
+      note.append(f"[{r.protected}]")
+    notes.append(" ".join(note))
+  widths = [max([len(n)] + [len(row[k]) for row in cells]) for k, n in enumerate(names)]
+  note_width = max([len("served")] + [len(n) for n in notes])
+  def line(first: str, values: list[str], note: str, uri: str) -> str:
+    metrics = " ".join(v.rjust(w) for v, w in zip(values, widths))
+    return f"{first} {metrics} {note.ljust(note_width)} {uri}".rstrip()
+  lines = [line(f"{'id':>6} {'step':>7} {'state':<9}", names, "served", "uri")]
+  for r, values, note in zip(records, cells, notes):
+    lines.append(line(f"{r.id:>6} {r.step:>7} {r.state:<9}", values, note, r.uri))
+  return lines
+
+
 def cmd_checkpoints(args) -> int:
   from ckptflow.components.checkpoint import list_checkpoints
   from ckptflow.base import metadata
+  from ckptflow.operations import lineage
   store = metadata.open_store(_metadata_target(args), create=False)
   records = list_checkpoints(store)
   if not args.all:
     records = [r for r in records if r.live]
+  served_as = lineage.served_checkpoints(store, _where(args).serving_root) if records else {}
   if args.json:
-    _print_json({"checkpoints": [r.as_json() for r in records]})
+    _print_json({"checkpoints": [r.as_json() | {"served_as": served_as.get(r.id, [])}
+                                 for r in records]})
     return 0
   if not records:
     print("no checkpoints" + ("" if args.all else " (use --all to include pruned ones)"))
     return 0
-  print(f"{'id':>6} {'step':>7} {'state':<9} {'metrics':<44} uri")
-  for r in records:
-    metrics = " ".join(f"{k}={v:.4g}" for k, v in sorted(r.metrics.items()))
-    flag = f" [{r.protected}]" if r.protected else ""
-    print(f"{r.id:>6} {r.step:>7} {r.state:<9} {metrics[:44]:<44} {r.uri}{flag}")
+  for text in checkpoint_table(records, served_as):
+    print(text)
   return 0
 
 
@@ -490,10 +517,9 @@ def _add_report_command(commands) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(
-      prog="ckptflow",
+      prog="ckptflow", parents=[flags.verbose_flag(top_level=True)],
       description="Train, track and serve TensorFlow models in a TFX pipeline whose "
       "every checkpoint is an ML Metadata artifact.")
-  parser.add_argument("-v", "--verbose", action="store_true", help="show TFX and Beam logs")
   commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
   run = commands.add_parser("run", help="run the pipeline end to end",
@@ -502,8 +528,11 @@ def build_parser() -> argparse.ArgumentParser:
                             "Pusher on this machine. Flags override the config file.")
   run.set_defaults(handler=cmd_run)
 
-  checkpoints = commands.add_parser("checkpoints", help="list checkpoints recorded in MLMD",
-                                    parents=flags.parents(flags.json_flag()))
+  checkpoints = commands.add_parser(
+      "checkpoints", help="list checkpoints recorded in MLMD",
+      parents=flags.parents(flags.serving_dir_flag(), flags.json_flag()),
+      description="List checkpoints: id, step, state, each metric, the served "
+      "versions (and labels) whose model came from the checkpoint, uri.")
   checkpoints.add_argument("--all", action="store_true", help="include pruned checkpoints")
   checkpoints.set_defaults(handler=cmd_checkpoints)
 
@@ -532,18 +561,43 @@ def build_parser() -> argparse.ArgumentParser:
   return parser
 
 
+# Quiet by default: the log lines a user sees come from ckptflow's loggers;
+# other libraries' records show from ERROR up. --verbose shows everything.
+_OWN_LOGGER = "ckptflow"
+_QUIET_LEVEL = logging.ERROR
+
+
+def _own_lines_only(record: logging.LogRecord) -> bool:
+  own = record.name == _OWN_LOGGER or record.name.startswith(_OWN_LOGGER + ".")
+  return own or record.levelno >= _QUIET_LEVEL
+
+
 def _configure_logging(verbose: bool) -> None:
-  logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                      format="%(asctime)s %(levelname).1s %(name)s: %(message)s")
-  if not verbose:
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    for noisy in ("absl", "apache_beam", "tensorflow", "root"):
-      logging.getLogger(noisy).setLevel(logging.WARNING)
-    try:
-      from absl import logging as absl_logging
-      absl_logging.set_verbosity(absl_logging.WARNING)
-    except ImportError:
-      pass
+  """Sets up standard error before anything imports TensorFlow: one handler
+  that keeps the live progress line intact, and, unless `verbose`, no
+  Python warnings, no TensorFlow C++ log below FATAL (it prints "Unable to
+  register cuFFT factory" and other ERROR-level notices on a CPU machine),
+  and no other library's INFO/WARNING records. The environment carries the
+  first two to subprocesses (Beam workers); TF_CPP_MIN_LOG_LEVEL and
+  PYTHONWARNINGS set by the user win."""
+  from ckptflow.base import progress
+  handler = progress.ProgressAwareHandler(sys.stderr)
+  handler.setFormatter(logging.Formatter("%(asctime)s %(levelname).1s %(name)s: %(message)s"))
+  root = logging.getLogger()
+  for old in [h for h in root.handlers if isinstance(h, progress.ProgressAwareHandler)]:
+    root.removeHandler(old)  # main() called again in one process
+  root.addHandler(handler)
+  root.setLevel(logging.INFO)
+  if verbose:
+    return
+  handler.addFilter(_own_lines_only)
+  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # read when TensorFlow loads
+  os.environ.setdefault("PYTHONWARNINGS", "ignore")  # read by each new interpreter
+  warnings.simplefilter("ignore")
+  # Fewer records to make and drop; "absl" stays at INFO: the local runner
+  # reads the TFX runners' stage records from it (pipeline/runner.py).
+  for noisy in ("apache_beam", "tensorflow"):
+    logging.getLogger(noisy).setLevel(_QUIET_LEVEL)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

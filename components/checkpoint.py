@@ -284,3 +284,52 @@ def producer_execution_ids(store: Store, artifact_ids: Sequence[int]) -> dict[in
   events = store.get_events_by_artifact_ids(list(artifact_ids))
   return {e.artifact_id: e.execution_id for e in events
           if e.type == metadata_store_pb2.Event.OUTPUT}
+
+
+# The Trainer's final Model came from its last checkpoint. TFX publishes the
+# Model (and the Trainer's OUTPUT event to it) only after the executor
+# returns, so the Trainer cannot link the two itself; the first component
+# that reads the Model (the Pusher) records it, as an execution like an
+# export's: INPUT the Checkpoint, OUTPUT the Model.
+TRAINER_EXPORT_TYPE_NAME = "ckptflow.TrainerExport"
+
+
+def record_model_source(store: Store, model_id: int, checkpoint_id: int) -> int | None:
+  """Records that Model `model_id` was written from Checkpoint
+  `checkpoint_id`: a COMPLETE `ckptflow.TrainerExport` execution with an
+  INPUT event from the checkpoint and an OUTPUT event to the Model, in the
+  contexts (pipeline, run, node) of the execution that produced the Model.
+  Returns its id, or None when nothing was written:
+  the link is already recorded (idempotent: the execution's name is unique
+  per Model), or either artifact is not in this store with its type (a
+  Model tracked by another store). One MLMD transaction."""
+  artifacts = {a.id: a for a in store.get_artifacts_by_id([model_id, checkpoint_id])}
+  if model_id not in artifacts or checkpoint_id not in artifacts:
+    return None
+  type_names = {t.id: t.name for t in store.get_artifact_types_by_id(
+      sorted({a.type_id for a in artifacts.values()}))}
+  if (type_names.get(artifacts[model_id].type_id) != "Model"
+      or type_names.get(artifacts[checkpoint_id].type_id) != CHECKPOINT_TYPE_NAME):
+    return None
+  type_id = mlmd.ensure_execution_type(store, TRAINER_EXPORT_TYPE_NAME)
+  name = f"model-{model_id}"
+  if store.get_execution_by_type_and_name(TRAINER_EXPORT_TYPE_NAME, name) is not None:
+    return None
+  checkpoint = CheckpointRecord.from_artifact(artifacts[checkpoint_id])
+  execution = metadata_store_pb2.Execution(
+      type_id=type_id, name=name, last_known_state=metadata_store_pb2.Execution.COMPLETE)
+  mlmd.set_properties(execution.custom_properties, {
+      "checkpoint_id": checkpoint.id, "checkpoint_step": checkpoint.step,
+      "model_id": model_id})
+  producers = sorted(e.execution_id for e in store.get_events_by_artifact_ids([model_id])
+                     if e.type == metadata_store_pb2.Event.OUTPUT)
+  contexts = store.get_contexts_by_execution(producers[0]) if producers else []
+  try:
+    # Both artifacts are passed as events only (artifact None), so this
+    # transaction cannot overwrite them.
+    execution_id, _, _ = store.put_execution(execution, [
+        (None, mlmd.input_event("checkpoint", checkpoint_id)),
+        (None, mlmd.output_event("model", artifact_id=model_id))], contexts=contexts)
+  except mlmd_errors.AlreadyExistsError:
+    return None  # another process recorded it between our lookup and our put
+  return execution_id

@@ -3,7 +3,8 @@
 `lineage(store, target)` walks ML Metadata events upstream, breadth-first:
 an artifact's producer is the execution with an OUTPUT event to it, and an
 execution's inputs are the artifacts with INPUT events to it. For a served
-version this is PushedModel <- Promote <- Model <- export <- Checkpoint <-
+version this is PushedModel <- Promote (or Pusher) <- Model <- export (or,
+for the Trainer's own Model, `ckptflow.TrainerExport`) <- Checkpoint <-
 Trainer <- Examples/Schema ... down to the roots (artifacts nothing
 produced). Only MLMD's own API is used; nothing is written.
 
@@ -25,6 +26,7 @@ from typing import Any, Mapping
 from ml_metadata.proto import metadata_store_pb2
 
 from ckptflow.components import promotion
+from ckptflow.components.checkpoint import CHECKPOINT_TYPE_NAME
 from ckptflow.base.errors import CkptflowError, MetadataError
 from ckptflow.base.names import validate_model_name
 from ckptflow.base.metadata import Store
@@ -296,6 +298,60 @@ def lineage(store: Store, target: str | int, *,
                       max_nodes=max_nodes)
 
 
+# --- checkpoints behind served versions -------------------------------------
+
+
+def checkpoints_behind(store: Store, served: "list[promotion.ServedRecord]",
+                       serving_now: Mapping[str, set[int]],
+                       labels_now: Mapping[str, Mapping[str, int]]) -> dict[int, list[str]]:
+  """checkpoint id -> the currently served versions whose Model came from it,
+  as "model:version (label, ...)". A version counts while models.config
+  serves it (`serving_now`: model -> versions). Its Model is the one the
+  execution that pushed it read (a pipeline Pusher or `promote`); the
+  checkpoint is the one the Model records (`checkpoint_id`, set by the
+  Trainer and by exports when they write the Model), else the Checkpoint
+  read by an execution that made the Model from one checkpoint (an export,
+  or the Trainer's final-model record: executions with a `checkpoint_id`;
+  a Trainer's resume and warm-start inputs are not it). Read-only."""
+  behind: dict[int, list[str]] = {}
+  for record in served:
+    if record.version not in serving_now.get(record.model_name, set()):
+      continue
+    graph = lineage(store, record.artifact_id, max_nodes=60)
+    names = [label for label, v in labels_now.get(record.model_name, {}).items()
+             if v == record.version]
+    text = f"{record.model_name}:{record.version}" + (f" ({', '.join(names)})" if names else "")
+    found: set[int] = set()
+    for _, pusher in graph.upstream(graph.root):
+      for _, model in graph.upstream(pusher.key):
+        if model.kind != ARTIFACT or model.type_name != promotion.MODEL_TYPE_NAME:
+          continue
+        if isinstance(model.properties.get("checkpoint_id"), int):
+          found.add(model.properties["checkpoint_id"])
+          continue
+        found |= {source.id for _, producer in graph.upstream(model.key)
+                  if "checkpoint_id" in producer.properties
+                  for _, source in graph.upstream(producer.key)
+                  if source.type_name == CHECKPOINT_TYPE_NAME}
+    for checkpoint_id in sorted(found):
+      behind.setdefault(checkpoint_id, []).append(text)
+  return behind
+
+
+def served_checkpoints(store: Store, serving_root: str) -> dict[int, list[str]]:
+  """`checkpoints_behind` for what `serving_root`'s models.config serves now
+  (per MLMD: labelled versions plus the newest of each model). Read-only.
+
+  Raises:
+    CkptflowError: the served versions cannot be worked out.
+  """
+  served = promotion.all_served_versions(store)
+  states = promotion.serving_states(store, serving_root)
+  serving_now = {m: set(s.versions) for m, s in states.items()}
+  labels_now = {m: promotion.current_labels(store, m) for m in serving_now}
+  return checkpoints_behind(store, served, serving_now, labels_now)
+
+
 # --- rendering ---------------------------------------------------------------
 
 
@@ -328,7 +384,13 @@ def to_text(graph: LineageGraph) -> str:
     if again:
       return
     seen.add(key)
-    for edge, source in graph.upstream(key):
+    upstream = graph.upstream(key)
+    if node.kind == ARTIFACT:
+      # An artifact with two producers is a Model with its Trainer and the
+      # later record of the checkpoint it came from: that one first, so the
+      # tree reads Model <- Checkpoint <- Trainer <- data.
+      upstream.sort(key=lambda pair: -pair[1].id)
+    for edge, source in upstream:
       arrow = "<- OUTPUT of " if edge.event_type == "OUTPUT" else "<- INPUT "
       visit(source.key, arrow, depth + 1)
 

@@ -258,3 +258,78 @@ def test_serving_modules_import_without_tensorflow_or_tfx():
   result = subprocess.run([sys.executable, "-c", code], capture_output=True,
                           text=True, timeout=60, check=True)
   assert result.stdout.strip() == "[]"
+
+
+@pytest.fixture
+def pipeline_push(store, tmp_path):
+  """The shape a pipeline run leaves: a Trainer that resumed from checkpoint
+  `resumed` (INPUT), wrote checkpoints 100 and 200 and the Model (OUTPUT,
+  without a `checkpoint_id` property here), the Model linked to checkpoint
+  200 by `record_model_source`, and a push of that Model (m:1, stable)."""
+  from ckptflow.components import checkpoint as checkpoint_lib
+  run_type = store.put_context_type(metadata_store_pb2.ContextType(name="pipeline_run"))
+  run = metadata_store_pb2.Context(type_id=run_type, name="run-1")
+  earlier_id, _ = put_execution(store, "Trainer", contexts=[run])
+  registry = CheckpointRegistry(store, earlier_id)
+
+  def checkpoint(step, registry):
+    return registry.register(NewCheckpoint(
+        uri=str(tmp_path / "ckpt" / f"step-{step}"), step=step, epoch=0,
+        metrics={"loss": 1 / step}, size_bytes=1, checksum=f"c{step}", tf_version="t",
+        fingerprint="f", resume_key="rk"))
+
+  resumed = checkpoint(50, registry)
+  model_dir = tmp_path / "model" / "Format-Serving"
+  os.makedirs(model_dir / "variables")
+  (model_dir / "saved_model.pb").write_bytes(b"pb")
+  model = metadata_store_pb2.Artifact(type_id=artifact_type(store, "Model"),
+                                      uri=str(model_dir))
+  [run_ctx] = store.get_contexts_by_type("pipeline_run")
+  trainer_id, (model_id,) = put_execution(store, "Trainer", inputs=[resumed.id],
+                                          outputs=[model], contexts=[run_ctx])
+  registry = CheckpointRegistry(store, trainer_id)
+  first, final = checkpoint(100, registry), checkpoint(200, registry)
+  link_id = checkpoint_lib.record_model_source(store, model_id, final.id)
+  served = promotion.promote(store, saved_model_dir=str(model_dir),
+                             serving_root=str(tmp_path / "serving"),
+                             model_name="m", model_artifact_id=model_id)
+  return {"resumed": resumed.id, "first": first.id, "final": final.id, "model": model_id,
+          "trainer": trainer_id, "link": link_id, "served": served,
+          "serving_root": str(tmp_path / "serving")}
+
+
+def test_pipeline_model_text_lineage_reads_model_checkpoint_trainer(store, pipeline_push):
+  lines = lineage_lib.to_text(lineage_lib.lineage(store, "m:1")).splitlines()
+  model = next(i for i, line in enumerate(lines) if "<- INPUT Model #" in line)
+  assert "<- OUTPUT of ckptflow.TrainerExport #" in lines[model + 1]
+  assert f"<- INPUT Checkpoint #{pipeline_push['final']} " in lines[model + 2]
+  assert "step=200" in lines[model + 2]
+  assert f"<- OUTPUT of Trainer #{pipeline_push['trainer']} " in lines[model + 3]
+  # The Model's other producer, the Trainer itself, is shown once more.
+  assert any(f"<- OUTPUT of Trainer #{pipeline_push['trainer']} " in line
+             and line.endswith("(see above)") for line in lines[model + 4:])
+
+
+def test_served_checkpoints_marks_the_linked_checkpoint_not_the_resumed_one(
+    store, pipeline_push):
+  behind = lineage_lib.served_checkpoints(store, pipeline_push["serving_root"])
+
+  assert behind == {pipeline_push["final"]: ["m:1 (stable)"]}
+
+
+def test_served_checkpoints_uses_the_models_checkpoint_id_when_it_has_one(
+    store, pipeline_push):
+  [model] = store.get_artifacts_by_id([pipeline_push["model"]])
+  model.custom_properties["checkpoint_id"].int_value = pipeline_push["first"]
+  store.put_artifacts([model])
+
+  behind = lineage_lib.served_checkpoints(store, pipeline_push["serving_root"])
+
+  assert behind == {pipeline_push["first"]: ["m:1 (stable)"]}
+
+
+def test_served_checkpoints_leaves_out_versions_models_config_no_longer_serves(
+    store, pipeline_push):
+  shutil.rmtree(pipeline_push["served"].path)
+
+  assert lineage_lib.served_checkpoints(store, pipeline_push["serving_root"]) == {}

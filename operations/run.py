@@ -3,10 +3,14 @@ the pipeline, and say where its results are."""
 
 from __future__ import annotations
 
+import logging
+
 from ckptflow.base import identity, metadata
 from ckptflow.operations import doctor
 from ckptflow.pipeline import runner
 from ckptflow.pipeline.config import PipelineConfig
+
+_log = logging.getLogger(__name__)
 
 
 def run(config: PipelineConfig) -> runner.RunSummary:
@@ -26,5 +30,7 @@ def run(config: PipelineConfig) -> runner.RunSummary:
   store = metadata.open_store(config.metadata_target)  # reachable, a real MLMD store
   identity.check(store, config.metadata_target, config.home_layout, adopt=True)
   doctor.recover(config.metadata_target, config.home_layout)
+  for note in checked.notes:
+    _log.info("%s", note)
   runner.execute(config, checked.feature_keys)
   return runner.summarize(config)

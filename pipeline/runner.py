@@ -17,10 +17,10 @@ from typing import Iterator
 
 from ckptflow.components.trainer import declarations
 from ckptflow.pipeline import data_validation
-from ckptflow.base import identity, metadata, mlmd, storage
+from ckptflow.base import identity, metadata, mlmd, progress, storage
 from ckptflow.base.home import Home, shared_lock
 from ckptflow.pipeline.config import PipelineConfig
-from ckptflow.base.errors import CheckpointError, CkptflowError, ConfigError
+from ckptflow.base.errors import CheckpointError, CkptflowError, ConfigError, Interrupted
 
 MIN_FREE_ENV = "CKPTFLOW_MIN_FREE_MB"
 DEFAULT_MIN_FREE_MB = 64
@@ -34,7 +34,8 @@ class RunSummary:
   metadata: str
   pipeline_root: str
   serving_dir: str
-  checkpoints: int
+  checkpoints: int  # registered in the store, pruned ones included
+  live_checkpoints: int  # of those, the ones whose files are kept
   served_version_path: str | None
   blessed: bool | None
 
@@ -43,7 +44,8 @@ class RunSummary:
     return [f"served model:    {served}",
             f"serving config:  {Home(self.home, self.serving_dir).models_config}",
             f"metadata store:  {metadata.describe(self.metadata)}",
-            f"checkpoints:     {self.checkpoints} registered, under "
+            f"checkpoints:     {self.checkpoints} registered, {self.live_checkpoints} "
+            f"live, under "
             f"{self.pipeline_root}/CheckpointingTrainer/checkpoints",
             f"list them with:  ckptflow checkpoints --home {self.home}" + (
                 "" if metadata.sqlite_path(self.metadata) is not None
@@ -241,6 +243,9 @@ class Checked:
 
   config: PipelineConfig
   feature_keys: tuple[str, ...]
+  # What it found worth saying (rows checked, num_classes inferred); said
+  # when the run starts, so that a run failing a check prints one line.
+  notes: tuple[str, ...] = ()
 
 
 def preflight(config: PipelineConfig) -> Checked:
@@ -257,11 +262,14 @@ def preflight(config: PipelineConfig) -> Checked:
   declared = check_module(config)
   configured = _configured_num_classes(config)
   summary = data_validation.check_csv(config.data, num_classes=configured)
-  _log.info("data: %d rows in %d file(s) checked", summary.rows, summary.files)
+  sample = os.path.abspath(config.data.path) == os.path.abspath(
+      config.home_layout.sample_data_dir)
+  notes = [f"data: {summary.rows} rows in {summary.files} file(s) checked in "
+           + ("the generated sample dataset " if sample else "") + config.data.path]
   if (configured is None and declared.hyperparameters is not None
       and "num_classes" in declared.hyperparameters):
-    _log.info("num_classes: %d, inferred from the labels in the data (set "
-              "%s to choose)", summary.num_classes, data_validation.NUM_CLASSES_SETTING)
+    notes.append(f"num_classes: {summary.num_classes}, inferred from the labels in the "
+                 f"data (set {data_validation.NUM_CLASSES_SETTING} to choose)")
     config = config.replace(training={"hyperparameters": {
         **config.training.hyperparameters, "num_classes": summary.num_classes}})
   target = config.metadata_target
@@ -278,7 +286,7 @@ def preflight(config: PipelineConfig) -> Checked:
   check_remote_roots(config)
   check_directories(config)
   check_free_space(config)
-  return Checked(config=config, feature_keys=summary.feature_keys)
+  return Checked(config=config, feature_keys=summary.feature_keys, notes=tuple(notes))
 
 
 def execute(config: PipelineConfig, feature_keys: tuple[str, ...]) -> None:
@@ -288,12 +296,20 @@ def execute(config: PipelineConfig, feature_keys: tuple[str, ...]) -> None:
   runs this holds the home's shared lock, so that no repair mistakes its
   unfinished writes for debris, and points executors at the run's store.
   """
-  from ckptflow.pipeline.pipeline import create_pipeline
-  for uri, _ in remote_roots(config):
-    storage.prepare(uri)  # tensorflow-io and its S3 settings, before TFX opens it
-  pipeline = create_pipeline(config, feature_keys=feature_keys,
-                             beam_pipeline_args=beam_args(config))
-  with shared_lock(config.home_layout), metadata_env(config.metadata_target):
+  reporter = progress.current()
+  # Importing TFX (and TensorFlow with it) takes tens of seconds: say so.
+  reporter.stage_started("loading TFX and TensorFlow")
+  try:
+    from ckptflow.pipeline.pipeline import create_pipeline
+    for uri, _ in remote_roots(config):
+      storage.prepare(uri)  # tensorflow-io and its S3 settings, before TFX opens it
+    pipeline = create_pipeline(config, feature_keys=feature_keys,
+                               beam_pipeline_args=beam_args(config))
+  except BaseException:
+    reporter.close()
+    raise
+  with shared_lock(config.home_layout), metadata_env(config.metadata_target), \
+      watch_stages(reporter, [c.id for c in pipeline.components]):
     if config.run.orchestrator == "beam":
       from tfx.orchestration.beam.beam_dag_runner import BeamDagRunner
       BeamDagRunner().run(pipeline)
@@ -302,9 +318,73 @@ def execute(config: PipelineConfig, feature_keys: tuple[str, ...]) -> None:
       LocalDagRunner().run(pipeline)
 
 
+class StageWatcher(logging.Filter):
+  """Reports pipeline stages from the TFX runners' own log records.
+
+  TFX's LocalDagRunner logs "Component %s is running." / "... is finished."
+  around each node it launches, and BeamDagRunner "node %s is running." /
+  "... is finished." (tfx/orchestration/local/local_dag_runner.py,
+  beam/beam_dag_runner.py), on absl's logger. This filter reads those
+  records (it drops none) and tells `reporter`; `order` (the node ids in
+  pipeline order) numbers the stages.
+  """
+
+  STARTED = ("Component %s is running.", "node %s is running.")
+  FINISHED = ("Component %s is finished.", "node %s is finished.")
+
+  def __init__(self, reporter: progress.Progress, order: list[str]):
+    super().__init__()
+    self._reporter = reporter
+    self._order = list(order)
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    if record.msg in self.STARTED or record.msg in self.FINISHED:
+      args = record.args if isinstance(record.args, tuple) else (record.args,)
+      node = str(args[0]) if args else "?"
+      if record.msg in self.STARTED:
+        index = self._order.index(node) + 1 if node in self._order else None
+        self._reporter.stage_started(node, index, len(self._order))
+      else:
+        self._reporter.stage_finished()
+    return True
+
+
+def _interrupted(error: BaseException) -> bool:
+  """Whether `error` is a Ctrl-C or a signal that stopped the work after it
+  saved (`Interrupted`: the Trainer's `TrainingInterrupted`, or SIGTERM)."""
+  return isinstance(error, (KeyboardInterrupt, Interrupted))
+
+
+@contextlib.contextmanager
+def watch_stages(reporter: progress.Progress, order: list[str]) -> Iterator[None]:
+  """Reports the stages of the pipeline run inside the block (`StageWatcher`
+  on absl's logger, whose verbosity is at least INFO meanwhile); ends the
+  display when the block ends, also on an error or an interrupt."""
+  from absl import logging as absl_logging
+  absl_logger = logging.getLogger("absl")
+  watcher = StageWatcher(reporter, order)
+  # Through absl's own verbosity, not only the logger's level: TensorFlow
+  # saves and restores absl's verbosity around each save of a Keras model
+  # (trackable/autotrackable.py), which sets the logger back to it.
+  previous = absl_logging.get_verbosity()
+  if previous < absl_logging.INFO:
+    absl_logging.set_verbosity(absl_logging.INFO)
+  absl_logger.addFilter(watcher)
+  try:
+    yield
+  except BaseException as e:
+    reporter.stage_finished("interrupted" if _interrupted(e) else "failed")
+    raise
+  finally:
+    absl_logger.removeFilter(watcher)
+    absl_logging.set_verbosity(previous)
+    reporter.close()
+
+
 def summarize(config: PipelineConfig) -> RunSummary:
   from ckptflow.components.checkpoint import list_checkpoints
   store = metadata.open_store(config.metadata_target, create=False)
+  records = list_checkpoints(store)
   pushed = store.get_artifacts_by_type("PushedModel")
   pushed.sort(key=lambda a: a.id)
   blessed = None
@@ -318,5 +398,5 @@ def summarize(config: PipelineConfig) -> RunSummary:
   return RunSummary(
       home=config.home, metadata=config.metadata_target,
       pipeline_root=config.pipeline_root, serving_dir=config.serving_dir,
-      checkpoints=sum(1 for r in list_checkpoints(store) if r.live),
+      checkpoints=len(records), live_checkpoints=sum(1 for r in records if r.live),
       served_version_path=served, blessed=blessed)

@@ -25,7 +25,7 @@ import pytest
 # Before anything imports TensorFlow: TFX 1.16 and TFMA 0.47 expect Keras 2.
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
-from support import E2E_EVERY, E2E_STEPS, PENGUINS, ckptflow  # noqa: E402
+from support import E2E_EVERY, E2E_STEPS, OUTPUT_ENV, PENGUINS, ckptflow  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -40,12 +40,15 @@ def e2e_home(tmp_path_factory, penguins_dir) -> pathlib.Path:
   """A home after one full `ckptflow run` on the penguins data.
 
   Shared by every test that requests it: a test that changes the home must
-  leave what the others assert true (or work on a home of its own)."""
+  leave what the others assert true (or work on a home of its own). The
+  run is a default one (standard error not a terminal, no variables that
+  change what it prints); its output is kept in run1.stdout / run1.stderr."""
   home = tmp_path_factory.mktemp("e2e") / "home"
   result = ckptflow("run", "--home", str(home), "--data", str(penguins_dir),
                     "--train-steps", str(E2E_STEPS), "--checkpoint-every", str(E2E_EVERY),
-                    "--model-name", "penguin")
+                    "--model-name", "penguin", unset=OUTPUT_ENV)
   (home / "run1.stdout").write_text(result.stdout)
+  (home / "run1.stderr").write_text(result.stderr)
   return home
 
 

@@ -16,10 +16,18 @@ E2E_STEPS = 300
 E2E_EVERY = 100
 
 
+# Set by a user to change what ckptflow prints; a test of the defaults runs
+# without them.
+OUTPUT_ENV = ("TF_CPP_MIN_LOG_LEVEL", "PYTHONWARNINGS")
+
+
 def ckptflow(*args: str, env: dict | None = None, check: bool = True,
-             timeout: float = 900) -> subprocess.CompletedProcess:
-  """Runs the real `ckptflow` CLI in a subprocess."""
+             timeout: float = 900, unset: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
+  """Runs the real `ckptflow` CLI in a subprocess (without the environment
+  variables named in `unset`)."""
   full_env = os.environ | {"TF_USE_LEGACY_KERAS": "1"} | (env or {})
+  for name in unset:
+    full_env.pop(name, None)
   result = subprocess.run([sys.executable, "-m", "ckptflow.cli", *args],
                           capture_output=True, text=True, env=full_env, timeout=timeout)
   if check and result.returncode != 0:

@@ -54,3 +54,55 @@ def test_run_only_flags_are_refused_by_compile(capsys):
   with pytest.raises(SystemExit):
     build_parser().parse_args(["compile", "--async-checkpoint"])
   assert "unrecognized arguments: --async-checkpoint" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, verbose", [
+    (["run"], False), (["-v", "run"], True), (["--verbose", "checkpoints"], True),
+    (["run", "--verbose"], True), (["doctor", "-v"], True), (["lineage", "1"], False),
+], ids=lambda value: " ".join(value) if isinstance(value, list) else str(value))
+def test_verbose_is_taken_before_or_after_any_subcommand(argv, verbose):
+  assert build_parser().parse_args(argv).verbose is verbose
+
+
+def test_quiet_logging_passes_ckptflow_lines_and_errors_only():
+  import logging
+
+  from ckptflow.cli.main import _own_lines_only
+
+  def record(name, level):
+    return logging.LogRecord(name, level, __file__, 1, "m", (), None)
+
+  assert _own_lines_only(record("ckptflow", logging.INFO))
+  assert _own_lines_only(record("ckptflow.progress", logging.INFO))
+  assert _own_lines_only(record("absl", logging.ERROR))
+  assert not _own_lines_only(record("absl", logging.WARNING))
+  assert not _own_lines_only(record("apache_beam.io.tfrecordio", logging.WARNING))
+  assert not _own_lines_only(record("ckptflowish", logging.INFO))
+
+
+def test_checkpoint_table_keeps_metric_names_whole_and_marks_served_checkpoints():
+  from ckptflow.cli.main import checkpoint_table
+  from ckptflow.components.checkpoint import CheckpointRecord
+
+  def record(id, step, metrics, protected=""):
+    return CheckpointRecord(
+        id=id, uri=f"/h/step-{step}", step=step, epoch=0, metrics=metrics, size_bytes=1,
+        checksum="c", created_at="", state="LIVE", fingerprint="f", resume_key="k",
+        tf_version="t", protected=protected)
+
+  records = [record(4, 100, {"loss": 0.5, "running_accuracy_over_a_long_window": 0.25}),
+             record(5, 200, {"loss": 0.125, "eval_accuracy": 0.9}, protected="promoted")]
+  lines = checkpoint_table(records, {5: ["penguin:1 (stable)", "penguin:2 (canary)"]})
+
+  assert lines[0].split() == ["id", "step", "state", "eval_accuracy", "loss",
+                              "running_accuracy_over_a_long_window", "served", "uri"]
+  assert lines[1].split() == ["4", "100", "LIVE", "-", "0.5", "0.25", "/h/step-100"]
+  assert lines[2].split() == ["5", "200", "LIVE", "0.9", "0.125", "-", "served",
+                              "penguin:1", "(stable),", "penguin:2", "(canary)",
+                              "[promoted]", "/h/step-200"]
+  # Columns line up: every value ends where its header ends, uris start together.
+  for name in ("loss", "running_accuracy_over_a_long_window"):
+    end = lines[0].index(name) + len(name)
+    assert lines[1][:end].endswith(("0.5", "0.25")) and lines[2][:end].endswith(("0.125", "-"))
+  assert len({line.index("/h/") for line in lines[1:]}) == 1
+  assert lines[0].index("uri") == lines[1].index("/h/")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import signal
 
 import pytest
@@ -29,7 +30,11 @@ def test_killed_run_resumes_from_its_last_registered_checkpoint(tmp_path, pengui
   [execution] = store.get_executions_by_id([killed_execution])
   assert execution.last_known_state == metadata_store_pb2.Execution.RUNNING
 
-  ckptflow(*args)
+  resumed = ckptflow(*args)
+  # It says so, on standard error (not a terminal: log lines).
+  assert f"resumed from checkpoint {saved.id} at step 100" in resumed.stderr
+  assert "training: step 100/300 (continuing from step 100)" in resumed.stderr
+  assert re.search(r"training finished: step 300/300, [\d.]+ steps/s", resumed.stderr)
   store = metadata.open_store(str(home / "metadata.sqlite"), create=False)
   records = ckpt.list_checkpoints(store)
   assert sorted(r.step for r in records) == [100, 200, 300]

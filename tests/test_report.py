@@ -97,6 +97,8 @@ def test_report_of_e2e_home_has_valid_pngs_and_only_local_references(e2e_home, t
   assert svg.tag.endswith("svg")
   text = ElementTree.tostring(svg, encoding="unicode")
   assert "PushedModel" in text and "Examples" in text
+  # The stable version's Model came from a checkpoint, recorded by events.
+  assert "Checkpoint" in text and "ckptflow.TrainerExport" in text
   assert not [p for p in os.listdir(out) if p.endswith(".tmp")]
 
 

@@ -19,6 +19,7 @@ from ckptflow.components.trainer.loop import LoopSettings, TrainingLoop  # noqa:
 from ckptflow.components.trainer.registration import MlmdCheckpointSink  # noqa: E402
 from ckptflow.pipeline import model  # noqa: E402
 from ckptflow.base.errors import CheckpointError  # noqa: E402
+from ckptflow.base.progress import TrainingReporter  # noqa: E402
 from reliability_support import start_execution  # noqa: E402
 from support import finish_execution  # noqa: E402
 
@@ -52,7 +53,7 @@ class Run:
             root, f"exec-{self.execution_id}"), fingerprint="f", resume_key=key,
             examples_per_epoch=256, batch_size=8),
         save_policy=policies.EveryNSteps(every), retention=retention, sink=self.sink,
-        progress=lambda line: None)
+        progress=TrainingReporter())
 
   def state(self) -> dict[str, np.ndarray]:
     """Every variable the checkpoint must bring back, by a stable name."""

@@ -32,6 +32,7 @@ from ckptflow.components.trainer.loop import (LoopSettings, TrainingInterrupted,
                                               TrainingLoop)
 from ckptflow.components.trainer.registration import MlmdCheckpointSink  # noqa: E402
 from ckptflow.base import metadata  # noqa: E402
+from ckptflow.base.progress import TrainingReporter  # noqa: E402
 from ckptflow.pipeline import model  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -83,7 +84,7 @@ def main() -> int:
   settings = LoopSettings(
       train_steps=args.steps, checkpoint_dir=os.path.join(args.dir, f"exec-{execution_id}"),
       fingerprint="driver", resume_key=run_key, examples_per_epoch=len(labels),
-      batch_size=16, async_checkpoint=args.async_save, log_every=10_000)
+      batch_size=16, async_checkpoint=args.async_save)
   try:
     if args.fit:
       keras_model = model.build_keras_model(spec)
@@ -99,7 +100,7 @@ def main() -> int:
       loop = TrainingLoop(
           setup, batches=batches, eval_batches=None, rng=rng, settings=settings,
           save_policy=policies.EveryNSteps(args.every), retention=retention, sink=sink,
-          signal_policy=policies.OnSignal(), progress=lambda line: None)
+          signal_policy=policies.OnSignal(), progress=TrainingReporter())
       resumed = loop.resume()
       print(json.dumps({"event": "started", "execution_id": execution_id,
                         "resumed_step": resumed.step if resumed else None,

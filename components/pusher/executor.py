@@ -9,6 +9,11 @@ pushed version gets the label from `custom_config["label"]` (default
 "stable") and `models.config` is rewritten to load it.
 
 The push destination's `base_directory` is `SERVING_ROOT/<model_name>`.
+
+Before the blessing check, it records where the Model came from: TFX
+publishes the Trainer's Model after the Trainer returns, so the link from
+the Model to its final Checkpoint is recorded here (`record_trainer_export`),
+for pushed and not-pushed models alike.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ from tfx.components.pusher import executor as tfx_pusher_executor
 from tfx.types import artifact_utils, standard_component_specs
 from tfx.utils import proto_utils
 
-from ckptflow.components import promotion
+from ckptflow.components import checkpoint, promotion
 from ckptflow.components.pusher import serving
 from ckptflow.base import metadata
 from ckptflow.base.errors import ServingError
@@ -50,13 +55,14 @@ class Executor(tfx_pusher_executor.Executor):
     custom_config = self._custom_config(exec_properties)
     label = serving.validate_label(custom_config.get("label", promotion.STABLE))
 
+    store = metadata.open_store(metadata.target_from_env())
+    record_trainer_export(store, input_dict)
     if not self.CheckBlessing(input_dict):
       self._MarkNotPushed(model_push)
       promotion.mark_not_pushed(model_push.mlmd_artifact, model_name=model_name,
                                 reason="model not blessed")
       return
 
-    store = metadata.open_store(metadata.target_from_env())
     recorded = [r.version for r in promotion.served_versions(store, model_name)]
     served = serving.push_saved_model(self.GetModelPath(input_dict), serving_root,
                                       model_name, reserved_versions=recorded)
@@ -73,3 +79,16 @@ class Executor(tfx_pusher_executor.Executor):
     import json
     raw = exec_properties.get(standard_component_specs.CUSTOM_CONFIG_KEY)
     return json.loads(raw) if isinstance(raw, str) and raw else dict(raw or {})
+
+
+def record_trainer_export(store, input_dict: Dict[str, List[types.Artifact]]) -> int | None:
+  """Links the Model to push to the Checkpoint it was written from (its
+  `checkpoint_id`, set by the Trainer), so that lineage reads PushedModel
+  <- Model <- Checkpoint <- Trainer (`checkpoint.record_model_source`; a
+  no-op once recorded, e.g. for a cached Trainer's Model pushed again).
+  Models without a checkpoint id are left alone."""
+  model = artifact_utils.get_single_instance(input_dict[standard_component_specs.MODEL_KEY])
+  properties = model.mlmd_artifact.custom_properties
+  if not model.id or "checkpoint_id" not in properties:
+    return None
+  return checkpoint.record_model_source(store, model.id, properties["checkpoint_id"].int_value)

@@ -25,6 +25,7 @@ from ckptflow.components.trainer import policies
 from ckptflow.components.trainer.loop import (Checkpointer, CheckpointSink, LoopResult,
                                               LoopSettings, TrainingInterrupted)
 from ckptflow.base.faults import fault_point
+from ckptflow.base.progress import TrainingReporter, current as current_progress
 
 
 class CheckpointCallback(tf.keras.callbacks.Callback):
@@ -35,8 +36,10 @@ class CheckpointCallback(tf.keras.callbacks.Callback):
   def __init__(self, checkpointer: Checkpointer, step: tf.Variable, *,
                train_steps: int, steps_per_epoch: int,
                save_policy: policies.SavePolicy,
-               signal_policy: policies.OnSignal | None = None):
+               signal_policy: policies.OnSignal | None = None,
+               progress: TrainingReporter | None = None):
     super().__init__()
+    self._progress = progress or TrainingReporter()
     self._checkpointer = checkpointer
     self._step = step
     self._train_steps = train_steps
@@ -64,6 +67,7 @@ class CheckpointCallback(tf.keras.callbacks.Callback):
         last_saved_time=self._last_saved_time)
     if step == self._train_steps or self._save_policy.should_save(progress):
       self._save(step, epoch)
+    self._progress.step(step, self.last_metrics.get("loss"))
     if self._signal_policy and self._signal_policy.received is not None:
       if self._last_saved_step != step:
         self._save(step, epoch)
@@ -80,6 +84,7 @@ class CheckpointCallback(tf.keras.callbacks.Callback):
   def _save(self, step: int, epoch: int) -> None:
     self._checkpointer.save(step, epoch, self.last_metrics)
     self._last_saved_step, self._last_saved_time = step, time.monotonic()
+    self._progress.checkpoint_saved(step)
 
 
 def fit_with_checkpoints(model: tf.keras.Model, *, batches: tf.data.Dataset,
@@ -88,10 +93,13 @@ def fit_with_checkpoints(model: tf.keras.Model, *, batches: tf.data.Dataset,
                          extra_variables: Mapping[str, tf.Variable] | None = None,
                          warm_start: Callable[[], CheckpointRecord] | None = None,
                          signal_policy: policies.OnSignal | None = None,
-                         callbacks: list | None = None) -> LoopResult:
+                         callbacks: list | None = None,
+                         progress: TrainingReporter | None = None) -> LoopResult:
   """Trains compiled `model` with `model.fit` to `settings.train_steps`,
   resuming from the sink's newest intact checkpoint if there is one, else
   loading the weights of the checkpoint `warm_start()` picks, if given.
+  Tells `progress` (default: the process's `base.progress` display) how
+  training goes.
 
   Raises:
     TrainingInterrupted: a signal stopped training (after saving).
@@ -113,14 +121,21 @@ def fit_with_checkpoints(model: tf.keras.Model, *, batches: tf.data.Dataset,
       checkpointer.warm_start(warm_start(), model)
     start = int(step.numpy())
     remaining = settings.train_steps - start
+    reporter = progress or current_progress()
     callback = CheckpointCallback(
         checkpointer, step, train_steps=settings.train_steps,
         steps_per_epoch=max(1, math.ceil(settings.examples_per_epoch / settings.batch_size)),
-        save_policy=save_policy, signal_policy=signal_policy)
-    if remaining > 0:
-      # The iterator, not the dataset: its position is in the checkpoint.
-      model.fit(iterator, steps_per_epoch=remaining, epochs=1, verbose=0,
-                callbacks=[callback] + list(callbacks or []))
+        save_policy=save_policy, signal_policy=signal_policy, progress=reporter)
+    reporter.training_started(start, settings.train_steps)
+    outcome = "failed"
+    try:
+      if remaining > 0:
+        # The iterator, not the dataset: its position is in the checkpoint.
+        model.fit(iterator, steps_per_epoch=remaining, epochs=1, verbose=0,
+                  callbacks=[callback] + list(callbacks or []))
+      outcome = "finished" if callback.interrupted is None else "interrupted"
+    finally:
+      reporter.training_finished(int(step.numpy()), outcome)
     if callback.interrupted is not None:
       raise callback.interrupted
   finally:

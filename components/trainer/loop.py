@@ -10,7 +10,9 @@ extra variables, the step counter, the RNG and the input iterator (so a
 resumed run continues at the same place in the data). It asks a
 `SavePolicy` when to save, writes each checkpoint atomically
 (`checkpoint_files`), hands it to a `CheckpointSink` (MLMD) once it is
-complete and verified, and prunes with a `RetentionPolicy`.
+complete and verified, and prunes with a `RetentionPolicy`. It tells a
+`TrainingReporter` (by default the process's `base.progress` display) the
+step, loss and last checkpoint as it goes.
 
 Guarantees:
 * A checkpoint reaches the sink only after its files are complete, readable
@@ -35,9 +37,8 @@ import dataclasses
 import logging
 import math
 import os
-import sys
 import time
-from typing import Callable, Mapping, Protocol, Sequence
+from typing import Mapping, Protocol, Sequence
 
 import tensorflow as tf
 
@@ -48,6 +49,7 @@ from ckptflow.components.trainer.contract import TrainingSetup, default_eval_ste
 from ckptflow.base import storage
 from ckptflow.base.errors import CheckpointError, Interrupted
 from ckptflow.base.faults import fault_point
+from ckptflow.base.progress import TrainingReporter, current as current_progress
 
 _log = logging.getLogger(__name__)
 
@@ -94,7 +96,6 @@ class LoopSettings:
   batch_size: int
   async_checkpoint: bool = False
   eval_every: int = 0
-  log_every: int = 50
 
 
 @dataclasses.dataclass
@@ -265,13 +266,13 @@ class TrainingLoop:
                retention: policies.RetentionPolicy, sink: CheckpointSink,
                signal_policy: policies.OnSignal | None = None,
                summary_dir: str | None = None,
-               progress: Callable[[str], None] | None = None):
+               progress: TrainingReporter | None = None):
     self._setup = setup
     self._settings = settings
     self._save_policy = save_policy
     self._signal_policy = signal_policy
     self._eval_batches = eval_batches
-    self._progress = progress or _default_progress()
+    self._progress = progress or current_progress()
     self._step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
     self._iterator = iter(batches)
     state = tf.train.Checkpoint(
@@ -307,10 +308,11 @@ class TrainingLoop:
     step = int(self._step.numpy())
     last_saved_step = step if resumed_from else None
     last_saved_time = time.monotonic()
-    start_step, start_time = step, time.monotonic()
     metrics: dict[str, float] = {}
     if self._signal_policy:
       self._signal_policy.install()
+    self._progress.training_started(step, settings.train_steps)
+    outcome = "failed"
     try:
       while step < settings.train_steps:
         features, labels = next(self._iterator)
@@ -330,17 +332,19 @@ class TrainingLoop:
         if step == settings.train_steps or self._save_policy.should_save(progress):
           checkpointer.save(step, progress.epoch, metrics | self._last_eval)
           last_saved_step, last_saved_time = step, time.monotonic()
-        if step % settings.log_every == 0 or step == settings.train_steps:
-          rate = (step - start_step) / max(1e-9, time.monotonic() - start_time)
-          self._progress(f"step {step}/{settings.train_steps} loss={metrics.get('loss', 0):.4f} "
-                         f"{rate:.1f} steps/s, last checkpoint at step {last_saved_step}")
+          self._progress.checkpoint_saved(step)
+        self._progress.step(step, metrics.get("loss"))
         if self._signal_policy and self._signal_policy.received is not None:
+          outcome = "interrupted"
           if last_saved_step != step:
             checkpointer.save(step, progress.epoch, metrics | self._last_eval)
+            self._progress.checkpoint_saved(step)
           checkpointer.wait()
           raise TrainingInterrupted(self._signal_policy.received, step)
       checkpointer.wait()
+      outcome = "finished"
     finally:
+      self._progress.training_finished(step, outcome)
       if self._signal_policy:
         self._signal_policy.uninstall()
       checkpointer.close()
@@ -371,15 +375,6 @@ class TrainingLoop:
     with self._summary.as_default(step=step):
       for name, value in metrics.items():
         tf.summary.scalar(name, value)
-
-
-def _default_progress() -> Callable[[str], None]:
-  if sys.stderr.isatty():
-    def show(line: str) -> None:
-      sys.stderr.write("\r" + line.ljust(100))
-      sys.stderr.flush()
-    return show
-  return lambda line: _log.info("%s", line)
 
 
 def count_records(dataset: tf.data.Dataset) -> int:

@@ -91,32 +91,6 @@ def _tensorboard_dirs(store: Store,
   return found
 
 
-def _served_checkpoints(store, serving_now: Mapping[str, set[int]],
-                        served: Sequence[promotion.ServedRecord],
-                        labels_now: Mapping[str, Mapping[str, int]]) -> dict[int, list[str]]:
-  """checkpoint id -> the currently served versions whose Model came from it
-  (the Model read by the execution that pushed the version; the Model's
-  `checkpoint_id`, or a Checkpoint that execution read)."""
-  behind: dict[int, list[str]] = {}
-  for record in served:
-    if record.version not in serving_now.get(record.model_name, set()):
-      continue
-    graph = lineage_lib.lineage(store, record.artifact_id, max_nodes=60)
-    names = [label for label, v in labels_now.get(record.model_name, {}).items()
-             if v == record.version]
-    text = f"{record.model_name}:{record.version}" + (f" ({', '.join(names)})" if names else "")
-    for _, producer in graph.upstream(graph.root):
-      for _, source in graph.upstream(producer.key):
-        checkpoint_id = None
-        if source.type_name == checkpoints_lib.CHECKPOINT_TYPE_NAME:
-          checkpoint_id = source.id
-        elif isinstance(source.properties.get("checkpoint_id"), int):
-          checkpoint_id = source.properties["checkpoint_id"]
-        if checkpoint_id is not None:
-          behind.setdefault(checkpoint_id, []).append(text)
-  return behind
-
-
 def _category(record: CheckpointRecord, served: bool) -> str:
   if served:
     return "served"
@@ -144,7 +118,7 @@ def collect(store: Store, serving_root: str) -> ReportData:
   except CkptflowError as e:
     notes.append(f"could not tell which versions models.config serves: {e}")
     serving_now = {}
-  behind = _served_checkpoints(store, serving_now, served, labels_now)
+  behind = lineage_lib.checkpoints_behind(store, served, serving_now, labels_now)
 
   by_key: dict[str, TrainingRun] = {}
   for record in records:
