@@ -108,6 +108,25 @@ def output_event(key: str, *, artifact_id: int | None = None, index: int | None 
                execution_id=execution_id, index=index)
 
 
+def without_repeated_inputs(pairs):
+  """`put_execution`'s (artifact, event) pairs with each existing artifact's
+  INPUT event kept once: MLMD allows one event per (artifact, execution,
+  type), so a second INPUT of the same artifact under another key (a
+  candidate that is also the baseline) would fail the whole transaction.
+  The first pair of an artifact wins; new artifacts (artifact not None)
+  are kept as they are."""
+  seen: set[tuple[int, int]] = set()
+  kept = []
+  for artifact, event_ in pairs:
+    if artifact is None and event_.HasField("artifact_id"):
+      key = (event_.artifact_id, event_.type)
+      if key in seen:
+        continue
+      seen.add(key)
+    kept.append((artifact, event_))
+  return kept
+
+
 # --- types -------------------------------------------------------------------
 
 
@@ -173,5 +192,5 @@ def quote(text: str) -> str:
 __all__ = [
     "ensure_artifact_type", "ensure_context_type", "ensure_execution_type", "event",
     "input_event", "mlmd_value", "output_event", "properties", "property_value",
-    "python_value", "quote", "set_properties",
+    "python_value", "quote", "set_properties", "without_repeated_inputs",
 ]

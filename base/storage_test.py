@@ -264,3 +264,31 @@ def test_create_dir_makes_parents_and_names_what_it_could_not_create(tmp_path):
   (tmp_path / "file").write_text("x")
   with pytest.raises(CkptflowError, match="cannot create report directory"):
     storage.create_dir(str(tmp_path / "file" / "sub"), "report directory")
+
+
+def test_link_tree_survives_a_recursive_delete_of_the_links(tmp_path):
+  source = tmp_path / "served" / "1"
+  (source / "variables").mkdir(parents=True)
+  (source / "saved_model.pb").write_bytes(b"pb")
+  (source / "variables" / "v").write_bytes(b"v" * 10)
+  target = tmp_path / "tmp" / "holder" / "Format-Serving"
+  storage.link_tree(str(source), str(target))
+  assert (target / "variables" / "v").read_bytes() == b"v" * 10
+  assert os.stat(target / "saved_model.pb").st_ino == os.stat(source / "saved_model.pb").st_ino
+  storage.remove_tree(str(tmp_path / "tmp"), [str(tmp_path)])
+  assert not (tmp_path / "tmp").exists()
+  assert (source / "variables" / "v").read_bytes() == b"v" * 10
+  storage.remove_tree(str(tmp_path / "tmp"), [str(tmp_path)])  # gone already
+
+
+def test_tree_size_counts_files_and_not_what_links_point_to(tmp_path):
+  root = tmp_path / "home"
+  (root / "a").mkdir(parents=True)
+  (root / "a" / "f").write_bytes(b"x" * 100)
+  outside = tmp_path / "outside"
+  outside.mkdir()
+  (outside / "big").write_bytes(b"y" * 1000)
+  (root / "link").symlink_to(outside)
+  assert storage.tree_size(str(root)) == 100
+  assert storage.tree_size(str(root / "a" / "f")) == 100
+  assert storage.tree_size(str(tmp_path / "none")) == 0

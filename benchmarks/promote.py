@@ -20,6 +20,8 @@ A/B, next to the medians themselves.
 
   .venv/bin/python benchmarks/promote.py                 # runs the pipeline once in a temp home
   .venv/bin/python benchmarks/promote.py --home HOME     # uses HOME's latest checkpoint (HOME unchanged)
+  .venv/bin/python benchmarks/promote.py --hidden-units 2560,2048 --train-steps 100 \
+      --out benchmarks/results/promote_5m.json          # a model of realistic size (5.3M parameters)
 
 With --home, the metadata store is copied into a scratch home: exports,
 pushes and records go there, HOME's checkpoint files are only read. Prints
@@ -66,9 +68,18 @@ def make_home(scratch: str, args) -> str:
     shutil.copy2(source, os.path.join(home, "metadata.sqlite"))
     return home
   log(f"running the pipeline once on {PENGUINS} (about a minute)...")
+  extra = []
+  if args.hidden_units:
+    units = [int(u) for u in args.hidden_units.split(",")]
+    config = os.path.join(scratch, "model.toml")
+    with open(config, "w") as f:
+      f.write(f"[training]\nhyperparameters = {{ learning_rate = 0.001, "
+              f"hidden_units = {units} }}\n"
+              "[evaluation]\nlower_bound = 0.0\nallowed_regression = 1.0\n")
+    extra = ["--config", config]
   subprocess.run([sys.executable, "-m", "ckptflow.cli", "run", "--home", home,
                   "--data", PENGUINS, "--train-steps", str(args.train_steps),
-                  "--checkpoint-every", "100", "--model-name", "penguin"],
+                  "--checkpoint-every", "100", "--model-name", "penguin", *extra],
                  check=True, stdout=subprocess.DEVNULL,
                  env=os.environ | {"TF_USE_LEGACY_KERAS": "1"})
   return home
@@ -87,6 +98,9 @@ def main() -> None:
   parser.add_argument("--pairs", type=int, default=6, help="timed A/B pairs")
   parser.add_argument("--train-steps", type=int, default=300,
                       help="steps of the pipeline run made without --home")
+  parser.add_argument("--hidden-units", default="",
+                      help="hidden layer sizes of the model the pipeline run trains, "
+                      "e.g. 2560,2048 (5.3M parameters; default: the module's 16,8)")
   parser.add_argument("--out", default=RESULT, help="JSON result file")
   args = parser.parse_args()
 

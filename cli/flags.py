@@ -72,6 +72,9 @@ CONFIG_FLAGS: tuple[ConfigFlag, ...] = (
     ConfigFlag("--keep-last", "training", "keep_last", "keep only the last K checkpoints"),
     ConfigFlag("--warm-start", "training", "warm_start",
                "none, latest, best, or a checkpoint artifact id"),
+    ConfigFlag("--warm-start-mode", "training", "warm_start_mode",
+               "weights (the model's weights) or full (also every optimizer and the "
+               "extra variables)", choices=("weights", "full")),
     ConfigFlag("--async-checkpoint", "training", "async_checkpoint",
                "write checkpoints in the background", kind="true", commands=(RUN,)),
     ConfigFlag("--pipeline-root", "run", "pipeline_root",

@@ -104,7 +104,8 @@ def cmd_promote(args) -> int:
   store = _open_home_store(args)
   result = promote.promote_checkpoint(
       store, args.checkpoint, home=_home(args), label=args.label, force=args.force,
-      config_path=args.config, model_name=args.model_name, serving_dir=args.serving_dir)
+      config_path=args.config, model_name=args.model_name, serving_dir=args.serving_dir,
+      reason=args.reason)
   _adopt(args, store)
   if args.json:
     _print_json(result.as_json())
@@ -122,7 +123,8 @@ def cmd_rollback(args) -> int:
   store = _open_home_store(args)
   where = _where(args)
   with shared_lock(where):  # no repair runs while we write
-    previous, current = promotion.rollback(store, where.serving_root, model, args.to)
+    previous, current = promotion.rollback(store, where.serving_root, model, args.to,
+                                           user_reason=args.reason)
   _adopt(args, store)
   labels = promotion.current_labels(store, model)
   if args.json:
@@ -134,6 +136,47 @@ def cmd_rollback(args) -> int:
   else:
     print(f"{model}: stable moved from version {previous} to version {current}; "
           f"models.config rewritten ({where.models_config})")
+  return 0
+
+
+def cmd_history(args) -> int:
+  from ckptflow.base.names import validate_model_name
+  model = validate_model_name(args.model)
+  from ckptflow.operations import history
+  at = history.parse_time(args.at) if args.at is not None else None
+  store = _open_existing_store(args)
+  entries = history.history(store, model)
+  if at is not None:
+    state = history.labels_at(store, model, at, entries)
+    if args.json:
+      _print_json(state.as_json())
+    elif not state.labels and state.newest_version is None:
+      print(f"{model} at {state.at}: nothing was served yet")
+    else:
+      labels = ", ".join(f"{k}=version {v}" for k, v in state.labels.items()) or "no labels"
+      print(f"{model} at {state.at}: {labels}; newest version {state.newest_version}")
+    return 0
+  if args.json:
+    _print_json({"model_name": model, "history": [e.as_json() for e in entries]})
+  else:
+    for entry in entries:
+      print(entry.line())
+  return 0
+
+
+def cmd_gc(args) -> int:
+  from ckptflow.operations import gc
+  gc.check_settings(args.keep_versions, args.keep_exports)  # before opening anything
+  store = _open_home_store(args)
+  result = gc.collect(store, _where(args), keep_versions=args.keep_versions,
+                      keep_exports=args.keep_exports, dry_run=args.dry_run)
+  if not args.dry_run:
+    _adopt(args, store)
+  if args.json:
+    _print_json(result.as_json())
+  else:
+    for line in result.lines():
+      print(line)
   return 0
 
 
@@ -198,6 +241,9 @@ def _add_serving_commands(commands) -> None:
   promote.add_argument("--config", help="TOML config for the blessing rule and model "
                        "name (default: what the checkpoint's pipeline run recorded)")
   promote.add_argument("--model-name", help="served model name (default: the run's)")
+  promote.add_argument("--reason", default="", metavar="TEXT",
+                       help="why: recorded in MLMD with the user and host, shown by "
+                       "history, lineage and the report")
   promote.set_defaults(handler=cmd_promote)
 
   rollback = commands.add_parser(
@@ -209,7 +255,39 @@ def _add_serving_commands(commands) -> None:
   rollback.add_argument("model", metavar="MODEL", help="served model name")
   rollback.add_argument("--to", type=int, metavar="VERSION",
                         help="the served version to roll back to")
+  rollback.add_argument("--reason", default="", metavar="TEXT",
+                        help="why: recorded in MLMD with the user and host, shown by "
+                        "history, lineage and the report")
   rollback.set_defaults(handler=cmd_rollback)
+
+  history = commands.add_parser(
+      "history", help="every push, label change and removal of a model, with who and why",
+      parents=flags.parents(flags.json_flag()),
+      description="List every push, label change (rollback, re-promotion) and gc "
+      "removal of MODEL in the order MLMD recorded them: time, version, label, the "
+      "checkpoint and run it came from, forced or blessed, user, host and reason. "
+      "With --at TIME: which version held each label at that time.")
+  history.add_argument("model", metavar="MODEL", help="served model name")
+  history.add_argument("--at", metavar="TIME", help="an ISO 8601 time (local, or with "
+                       "Z / an offset), e.g. 2026-11-29T14:00")
+  history.set_defaults(handler=cmd_history)
+
+  gc = commands.add_parser(
+      "gc", help="remove served versions, exports and checkpoint files nothing needs",
+      parents=flags.parents(flags.serving_dir_flag(), flags.json_flag()),
+      description="Remove served versions that hold no label and are not among the "
+      "newest N of their model (unlisted from models.config first, then deleted, then "
+      "marked DELETED in MLMD), exports no kept version or explicit export needs, and "
+      "files of pruned checkpoints. Never a labelled version, the newest version, or "
+      "anything outside the home's roots.")
+  gc.add_argument("--keep-versions", type=int, default=3, metavar="N",
+                  help="keep the newest N versions of each model besides the labelled "
+                  "ones (N >= 1; default: 3)")
+  gc.add_argument("--keep-exports", type=int, default=0, metavar="N",
+                  help="also keep the newest N exports that nothing needs (default: 0)")
+  gc.add_argument("--dry-run", action="store_true",
+                  help="list what would go and the bytes it would free; change nothing")
+  gc.set_defaults(handler=cmd_gc)
 
   lineage = commands.add_parser(
       "lineage", help="where a served model or artifact came from",
@@ -609,6 +687,13 @@ def main(argv: Sequence[str] | None = None) -> int:
   handler: Callable = args.handler
   try:
     status = handler(args)
+    sys.stdout.flush()  # a closed pipe shows here, not at interpreter exit
+  except BrokenPipeError:
+    # The reader of stdout went away (`ckptflow checkpoints --json | head`):
+    # stop quietly with SIGPIPE's status, as `cat` does; stdout is pointed at
+    # /dev/null so the interpreter's final flush cannot fail again.
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    status = 128 + signal.SIGPIPE
   except CkptflowError as e:
     message = " ".join(str(e).split())
     print(f"ckptflow: error: {message}", file=sys.stderr)

@@ -279,6 +279,18 @@ def set_protected(store: Store, artifact_id: int, reason: str) -> None:
   store.put_artifacts([artifact])
 
 
+def protect(store: Store, checkpoint_id: int, reason: str) -> str | None:
+  """Marks the checkpoint protected with `reason`, unless it already is
+  ("promoted" is never downgraded to "exported"). Returns the protection
+  it had before (None: none), so a failed export or push can put it back."""
+  [artifact] = store.get_artifacts_by_id([checkpoint_id])
+  custom = artifact.custom_properties
+  before = custom["protected"].string_value if "protected" in custom else None
+  if before != reason and not (before == "promoted" and reason == "exported"):
+    set_protected(store, checkpoint_id, reason)
+  return before
+
+
 def producer_execution_ids(store: Store, artifact_ids: Sequence[int]) -> dict[int, int]:
   """artifact id -> id of the execution that has it as OUTPUT."""
   events = store.get_events_by_artifact_ids(list(artifact_ids))

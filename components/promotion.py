@@ -26,6 +26,16 @@ with the types TFX registers (TFX registers `PushedModel` with none).
 Served versions and labels of one model are read with MLMD filter queries
 on the `model_name` custom property, not by reading every model's records.
 
+Pushes recorded by KFP itself are read too: their artifact type is
+`tfx.PushedModel` (KFP names types by schema title) and their numeric
+custom properties (`pushed`, `version`, `forced`) are doubles.
+
+Who and why: every Promote and SetLabel execution records `user`, `host`
+and the user's `user_reason` (`--reason`); `label_history` returns them.
+A repeated write is idempotent: recording a version directory already
+recorded from the same Model returns the existing record, and an
+execution's INPUT events name each artifact once.
+
 This module imports neither TensorFlow nor TFX.
 """
 
@@ -33,9 +43,11 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import getpass
 import logging
 import os
-from typing import Sequence
+import socket
+from typing import Iterable, Mapping, Sequence
 
 from ml_metadata import errors as mlmd_errors
 from ml_metadata import metadata_store
@@ -50,6 +62,9 @@ from ckptflow.base.metadata import Store
 from ckptflow.base.names import validate_model_name
 
 PUSHED_MODEL_TYPE_NAME = "PushedModel"
+# What KFP v2 calls the same type (schema title); its numbers are doubles.
+KFP_PUSHED_MODEL_TYPE_NAME = "tfx.PushedModel"
+PUSHED_MODEL_TYPE_NAMES = (PUSHED_MODEL_TYPE_NAME, KFP_PUSHED_MODEL_TYPE_NAME)
 PROMOTE_TYPE_NAME = "ckptflow.Promote"
 SET_LABEL_TYPE_NAME = "ckptflow.SetLabel"
 MODEL_TYPE_NAME = "Model"
@@ -63,6 +78,7 @@ PUSHED_VERSION_KEY = "pushed_version"
 
 _log = logging.getLogger(__name__)
 _OUTPUT = metadata_store_pb2.Event.OUTPUT
+_INPUT = metadata_store_pb2.Event.INPUT
 _NO_VERSION = -1
 
 
@@ -77,6 +93,7 @@ class ServedRecord:
   label: str  # the label this push assigned ("" if none)
   forced: bool
   pushed_at: str  # ISO 8601, UTC, from the artifact's create time
+  deleted: bool = False  # the PushedModel is DELETED (`ckptflow gc`, doctor)
 
   def as_json(self) -> dict:
     return dataclasses.asdict(self)
@@ -86,7 +103,9 @@ class ServedRecord:
 class LabelChange:
   """One label assignment: `label` of `model_name` moved to `version`, by
   a labelled push (reason "push", `execution_id` = the pushing execution)
-  or a SetLabel execution (its reason: "promote", "rollback", ...)."""
+  or a SetLabel execution (its reason: "rollback", "repromote", ...).
+  `user_reason` is what the user gave with `--reason`; `user` and `host`
+  who made the change ("" for records that do not say)."""
 
   execution_id: int
   model_name: str
@@ -95,6 +114,9 @@ class LabelChange:
   previous_version: int | None
   reason: str
   changed_at: str
+  user_reason: str = ""
+  user: str = ""
+  host: str = ""
 
   def as_json(self) -> dict:
     return dataclasses.asdict(self)
@@ -120,7 +142,47 @@ def ensure_types(store: Store) -> dict[str, int]:
 # --- property helpers ----------------------------------------------------------
 
 
-def _of_model(type_name: str, model_name: str) -> metadata_store.ListOptions:
+def number(value) -> int | None:
+  """An integer property value as int, whether MLMD holds it as an int
+  (ours, TFX's) or as a whole double (KFP's); None otherwise."""
+  if isinstance(value, bool):
+    return int(value)
+  if isinstance(value, int):
+    return value
+  if isinstance(value, float) and value.is_integer():
+    return int(value)
+  return None
+
+
+def actor() -> tuple[str, str]:
+  """(user, host) of this process, as recorded on the executions it writes."""
+  try:
+    user = getpass.getuser()
+  except (KeyError, OSError):
+    user = str(os.getuid())
+  return user, socket.gethostname()
+
+
+def _set_actor(execution: metadata_store_pb2.Execution, user_reason: str) -> None:
+  user, host = actor()
+  props = execution.custom_properties
+  props["user"].string_value = user
+  props["host"].string_value = host
+  props["user_reason"].string_value = user_reason or ""
+
+
+def _typed_artifacts(store, model_name: str | None) -> list[metadata_store_pb2.Artifact]:
+  """PushedModels of both type names (of `model_name` only, if given)."""
+  found = []
+  for type_name in PUSHED_MODEL_TYPE_NAMES:
+    if model_name is None:
+      found += store.get_artifacts_by_type(type_name)
+    else:
+      found += store.get_artifacts(list_options=of_model(type_name, model_name))
+  return found
+
+
+def of_model(type_name: str, model_name: str) -> metadata_store.ListOptions:
   """List options for the records of type `type_name` whose `model_name`
   custom property is `model_name` (where every writer puts it: `mark_pushed`,
   `mark_not_pushed`, our executions)."""
@@ -153,6 +215,9 @@ def mark_pushed(artifact: metadata_store_pb2.Artifact, served: ServedVersion, *,
   props["version"].int_value = served.version
   props["label"].string_value = label or ""
   props["forced"].int_value = int(bool(forced))
+  user, host = actor()  # who pushed, also when a TFX executor records it
+  props["user"].string_value = user
+  props["host"].string_value = host
   return artifact
 
 
@@ -189,11 +254,65 @@ def _put_promote(store, *, model_artifact_id: int, blessing_artifact_id: int | N
     pairs.append((None, mlmd.input_event("model_blessing", blessing_artifact_id)))
   pairs.append((pushed, mlmd.output_event("pushed_model")))
   try:
-    _, artifact_ids, _ = store.put_execution(execution, pairs, contexts=[])
+    _, artifact_ids, _ = store.put_execution(
+        execution, mlmd.without_repeated_inputs(pairs), contexts=[])
   except mlmd_errors.AlreadyExistsError as e:
+    existing = _recorded_push_of(store, pushed, model_artifact_id)
+    if existing is not None:
+      _log.info("%s is already recorded from Model %d as PushedModel %d",
+                pushed.uri, model_artifact_id, existing)
+      return existing
     raise ServingError(f"{pushed.uri!r} is already recorded as a served "
-                       "version; a version is recorded once") from e
+                       "version (of another Model, or with another label); a version "
+                       "is recorded once") from e
   return artifact_ids[-1]
+
+
+def _recorded_push_of(store, pushed: metadata_store_pb2.Artifact,
+                      model_artifact_id: int) -> int | None:
+  """The id of the recorded PushedModel with `pushed`'s external id if it is
+  the same push recorded again (a retry): same label, forced and version,
+  produced by an execution with the Model `model_artifact_id` as INPUT.
+  Else None."""
+  external_id = pushed.external_id
+  if not external_id:
+    return None
+  found = store.get_artifacts_by_external_ids([external_id])
+  if not found:
+    return None
+  for key in ("label", "forced", "version"):
+    if mlmd.property_value(found[0], key) != mlmd.property_value(pushed, key):
+      return None  # another request: not a repeat of this one
+  producers = [e.execution_id for e in store.get_events_by_artifact_ids([found[0].id])
+               if e.type == _OUTPUT]
+  if not producers:
+    return None
+  inputs = store.get_events_by_execution_ids(producers)
+  if any(e.type == _INPUT and e.artifact_id == model_artifact_id for e in inputs):
+    return found[0].id
+  return None
+
+
+def pushed_models(store: Store, records: Sequence["ServedRecord"]) -> dict[int, int]:
+  """PushedModel artifact id -> the Model it was pushed from (the INPUT
+  under key `model` of the execution that produced it), for those of
+  `records` whose producer names one. Read-only."""
+  if not records:
+    return {}
+  events = store.get_events_by_artifact_ids([r.artifact_id for r in records])
+  producer: dict[int, int] = {}
+  for e in events:
+    if e.type == _OUTPUT:
+      producer[e.artifact_id] = min(e.execution_id, producer.get(e.artifact_id, e.execution_id))
+  if not producer:
+    return {}
+  model_of_execution: dict[int, int] = {}
+  for e in store.get_events_by_execution_ids(sorted(set(producer.values()))):
+    if e.type == _INPUT and e.path.steps and e.path.steps[0].key == "model":
+      model_of_execution.setdefault(e.execution_id, e.artifact_id)
+  return {artifact_id: model_of_execution[execution_id]
+          for artifact_id, execution_id in producer.items()
+          if execution_id in model_of_execution}
 
 
 def _check_inputs(store, model_artifact_id: int, blessing_artifact_id: int | None,
@@ -215,14 +334,16 @@ def _check_inputs(store, model_artifact_id: int, blessing_artifact_id: int | Non
 def record_push(store: Store, *, model_artifact_id: int,
                 served: ServedVersion, label: str | None, forced: bool,
                 blessing_artifact_id: int | None = None,
-                serving_root: str) -> int:
+                serving_root: str, user_reason: str = "") -> int:
   """Records that the Model `model_artifact_id` is served as `served`, and
   that this push assigns `label` (None: no label) to it.
 
   One transaction: a COMPLETE `ckptflow.Promote` execution, INPUT events from
   the Model and the blessing, and an OUTPUT event to a new LIVE PushedModel
-  (uri = the version directory). A version directory is recorded at most
-  once (the PushedModel's external id is its path). Does not touch
+  (uri = the version directory). The execution records `user`, `host` and
+  `user_reason`. A version directory is recorded at most once (the
+  PushedModel's external id is its path): recording it again from the same
+  Model returns the existing PushedModel. Does not touch
   models.config (see `sync_models_config`). Returns the PushedModel's
   artifact id.
 
@@ -258,6 +379,7 @@ def record_push(store: Store, *, model_artifact_id: int,
   props["label"].string_value = label or ""
   props["forced"].int_value = int(bool(forced))
   props["outcome"].string_value = "pushed"
+  _set_actor(execution, user_reason)
   return _put_promote(store, model_artifact_id=model_artifact_id,
                       blessing_artifact_id=blessing_artifact_id,
                       pushed=pushed, execution=execution)
@@ -265,7 +387,8 @@ def record_push(store: Store, *, model_artifact_id: int,
 
 def record_not_pushed(store: Store, *, model_artifact_id: int,
                       model_name: str, reason: str,
-                      blessing_artifact_id: int | None = None) -> int:
+                      blessing_artifact_id: int | None = None,
+                      user_reason: str = "") -> int:
   """Records that the Model was considered for serving and not pushed.
 
   A `ckptflow.Promote` execution with an OUTPUT PushedModel whose `pushed`
@@ -288,28 +411,33 @@ def record_not_pushed(store: Store, *, model_artifact_id: int,
   execution.custom_properties["model_name"].string_value = model_name
   execution.custom_properties["outcome"].string_value = "not_pushed"
   execution.custom_properties["reason"].string_value = reason
+  _set_actor(execution, user_reason)
   return _put_promote(store, model_artifact_id=model_artifact_id,
                       blessing_artifact_id=blessing_artifact_id,
                       pushed=pushed, execution=execution)
 
 
 def _served_record(artifact: metadata_store_pb2.Artifact) -> ServedRecord | None:
-  if mlmd.property_value(artifact, PUSHED_KEY) != 1:
+  # Numbers may be ints (ours, TFX's) or doubles (KFP's).
+  if number(mlmd.property_value(artifact, PUSHED_KEY)) != 1:
     return None
   model_name = mlmd.property_value(artifact, "model_name")
-  version = mlmd.property_value(artifact, "version")
-  if not isinstance(version, int):
+  version = number(mlmd.property_value(artifact, "version"))
+  if version is None:
     pushed_version = mlmd.property_value(artifact, PUSHED_VERSION_KEY)
-    version = int(pushed_version) if (
-        isinstance(pushed_version, str) and pushed_version.isdigit()) else None
+    if isinstance(pushed_version, str) and pushed_version.isdigit():
+      version = int(pushed_version)
+    else:
+      version = number(pushed_version)
   if not isinstance(model_name, str) or not model_name or version is None:
     return None  # a PushedModel from a pusher that does not name its version
   return ServedRecord(
       artifact_id=artifact.id, model_name=model_name, version=version,
       path=mlmd.property_value(artifact, PUSHED_DESTINATION_KEY) or artifact.uri,
       label=mlmd.property_value(artifact, "label") or "",
-      forced=bool(mlmd.property_value(artifact, "forced")),
-      pushed_at=_iso(artifact.create_time_since_epoch))
+      forced=bool(number(mlmd.property_value(artifact, "forced"))),
+      pushed_at=_iso(artifact.create_time_since_epoch),
+      deleted=artifact.state == metadata_store_pb2.Artifact.DELETED)
 
 
 def _served_records(artifacts: Sequence[metadata_store_pb2.Artifact]) -> list[ServedRecord]:
@@ -318,20 +446,21 @@ def _served_records(artifacts: Sequence[metadata_store_pb2.Artifact]) -> list[Se
 
 
 def all_served_versions(store: Store) -> list[ServedRecord]:
-  """Every served version of every model, by model name then version."""
-  return _served_records(store.get_artifacts_by_type(PUSHED_MODEL_TYPE_NAME))
+  """Every served version of every model, by model name then version
+  (PushedModels of both type names)."""
+  return _served_records(_typed_artifacts(store, None))
 
 
 def served_versions(store: Store, model_name: str) -> list[ServedRecord]:
   """Served versions of `model_name` recorded in MLMD, oldest version first.
 
-  Any PushedModel with pushed=1 and the model_name / version (or
-  pushed_version) custom properties counts, whichever executor wrote it.
-  One filtered MLMD read: only that model's PushedModels.
+  Any PushedModel (or KFP's tfx.PushedModel) with pushed=1 and the
+  model_name / version (or pushed_version) custom properties counts,
+  whichever executor wrote it, DELETED ones included (their numbers stay
+  reserved). One filtered MLMD read per type name: only that model's.
   """
   validate_model_name(model_name)
-  artifacts = store.get_artifacts(
-      list_options=_of_model(PUSHED_MODEL_TYPE_NAME, model_name))
+  artifacts = _typed_artifacts(store, model_name)
   return [r for r in _served_records(artifacts) if r.model_name == model_name]
 
 
@@ -362,18 +491,19 @@ def label_history(store: Store, model_name: str,
   execution produced has no place in that order and assigns nothing."""
   changes: list[LabelChange] = []
   executions = store.get_executions(
-      list_options=_of_model(SET_LABEL_TYPE_NAME, model_name))
+      list_options=of_model(SET_LABEL_TYPE_NAME, model_name))
   for execution in sorted(executions, key=lambda e: e.id):
     if mlmd.property_value(execution, "model_name") != model_name:
       continue
-    previous = mlmd.property_value(execution, "previous_version")
+    previous = number(mlmd.property_value(execution, "previous_version"))
     changes.append(LabelChange(
         execution_id=execution.id, model_name=model_name,
         label=mlmd.property_value(execution, "label"),
-        version=mlmd.property_value(execution, "version"),
+        version=number(mlmd.property_value(execution, "version")),
         previous_version=None if previous in (None, _NO_VERSION) else previous,
         reason=mlmd.property_value(execution, "reason") or "",
-        changed_at=_iso(execution.create_time_since_epoch)))
+        changed_at=_iso(execution.create_time_since_epoch),
+        **_actor_of(execution)))
   pushes = {r.artifact_id: r for r in served_versions(store, model_name) if r.label}
   if pushes:
     events = store.get_events_by_artifact_ids(list(pushes))
@@ -385,12 +515,15 @@ def label_history(store: Store, model_name: str,
       if e.type == _OUTPUT:
         producers[e.artifact_id] = min(e.execution_id,
                                        producers.get(e.artifact_id, e.execution_id))
+    pushers = {e.id: e for e in store.get_executions_by_id(sorted(set(producers.values())))}
     for artifact_id, record in pushes.items():
       if artifact_id in producers:
+        pusher = pushers.get(producers[artifact_id])
         changes.append(LabelChange(
             execution_id=producers[artifact_id], model_name=model_name,
             label=record.label, version=record.version, previous_version=None,
-            reason="push", changed_at=record.pushed_at))
+            reason="push", changed_at=record.pushed_at,
+            **(_actor_of(pusher) if pusher is not None else {})))
   changes.sort(key=lambda c: (c.execution_id, c.reason != "push"))
   # Replay, to give each push the version its label had before it.
   current: dict[str, int] = {}
@@ -403,6 +536,12 @@ def label_history(store: Store, model_name: str,
   return [c for c in replayed if label is None or c.label == label]
 
 
+def _actor_of(execution: metadata_store_pb2.Execution) -> dict[str, str]:
+  """user_reason, user and host as an execution recorded them ("" if not)."""
+  return {key: str(mlmd.property_value(execution, key) or "")
+          for key in ("user_reason", "user", "host")}
+
+
 def current_labels(store: Store, model_name: str) -> dict[str, int]:
   """label -> version for `model_name`: what each label's latest assignment
   (labelled push or SetLabel, by execution id) gave it."""
@@ -413,12 +552,13 @@ def current_labels(store: Store, model_name: str) -> dict[str, int]:
 
 
 def set_label(store: Store, model_name: str, label: str,
-              version: int, reason: str) -> int:
+              version: int, reason: str, *, user_reason: str = "") -> int:
   """Points `label` of `model_name` at served version `version` (relabel,
   e.g. canary to stable, or rollback).
 
   Records a COMPLETE `ckptflow.SetLabel` execution (custom properties
-  model_name, label, version, previous_version (-1 if none), reason) with an
+  model_name, label, version, previous_version (-1 if none), reason (what
+  kind of change), user_reason (the user's `--reason`), user, host) with an
   INPUT event from the version's PushedModel, in one transaction. Does not
   touch models.config: call `sync_models_config` after (holding
   `serving.models_config_lock` around both keeps previous_version exact
@@ -445,6 +585,7 @@ def set_label(store: Store, model_name: str, label: str,
   props["version"].int_value = version
   props["previous_version"].int_value = previous
   props["reason"].string_value = reason
+  _set_actor(execution, user_reason)
   event = mlmd.input_event("pushed_model", record.artifact_id)
   execution_id, _, _ = store.put_execution(execution, [(None, event)], contexts=[])
   return execution_id
@@ -466,17 +607,20 @@ def _stable_stack(history: Sequence[LabelChange]) -> list[int]:
 
 
 def rollback(store: Store, serving_root: str,
-             model_name: str, to_version: int | None = None) -> tuple[int, int]:
+             model_name: str, to_version: int | None = None, *,
+             user_reason: str = "") -> tuple[int, int]:
   """Moves the `stable` label back, and rewrites models.config.
 
   Without `to_version`: to the stable version before the current one, as
   promotions and earlier rollbacks left it (rolling back twice goes two
   promotions back), skipping versions whose directory is gone. With it: to
   that served version, whose directory must exist (rolling back to the
-  current version only rewrites models.config). Returns (previous, new).
+  current version only rewrites models.config). `user_reason` (the
+  user's `--reason`) is recorded with the change. Returns (previous, new).
 
   Raises:
-    ServingError: no stable label, no earlier stable version, or
+    ServingError: no stable label, only one served version, no earlier
+      stable version, or
       `to_version` is not a served version with a directory. Nothing is
       written.
   """
@@ -487,7 +631,8 @@ def rollback(store: Store, serving_root: str,
   with serving.models_config_lock(serving_root):
     current, target = _rollback_target(store, serving_root, model_name, to_version)
     if target != current:
-      set_label(store, model_name, STABLE, target, reason="rollback")
+      set_label(store, model_name, STABLE, target, reason="rollback",
+                user_reason=user_reason)
     sync_models_config(store, serving_root)
   return current, target
 
@@ -507,6 +652,10 @@ def _rollback_target(store, serving_root: str, model_name: str,
   if to_version is None:
     stack = _stable_stack(label_history(store, model_name, STABLE))
     candidates = [v for v in reversed(stack[:-1]) if v != current and usable(v)]
+    if not candidates and not [v for v in served if v != current and usable(v)]:
+      raise ServingError(f"model {model_name!r} has only one served version "
+                         f"({current}), so there is nothing to roll back to. "
+                         "Promote another version first")
     if not candidates:
       raise ServingError(f"model {model_name!r} has no earlier {STABLE!r} "
                          f"version to roll back to from version {current}. "
@@ -520,9 +669,32 @@ def _rollback_target(store, serving_root: str, model_name: str,
   return current, to_version
 
 
+def move_label(store: Store, serving_root: str, model_name: str, label: str,
+               version: int, *, reason: str, user_reason: str = "") -> int | None:
+  """Points `label` of `model_name` at the existing served `version` (a
+  re-promotion: `reason` "repromote") and rewrites models.config, under
+  `models_config_lock`. Records a SetLabel only if the label moves (a
+  repeated call changes nothing: idempotent). Returns the version the label
+  had before (None: none).
+
+  Raises:
+    ServingError: as `set_label`. Nothing is written.
+  """
+  validate_model_name(model_name)
+  serving.validate_label(label)
+  with serving.models_config_lock(serving_root):
+    previous = current_labels(store, model_name).get(label)
+    if previous != version:
+      set_label(store, model_name, label, version, reason=reason,
+                user_reason=user_reason)
+    sync_models_config(store, serving_root)
+  return previous
+
+
 def serving_states(store: Store, serving_root: str, *,
                    pending: ServedVersion | None = None,
-                   pending_label: str | None = None
+                   pending_label: str | None = None,
+                   exclude: Mapping[str, Iterable[int]] | None = None
                    ) -> dict[str, serving.ModelServingState]:
   """What models.config should say, from MLMD: per model, its labelled
   versions plus its newest served version, limited to versions whose
@@ -532,12 +704,17 @@ def serving_states(store: Store, serving_root: str, *,
   `pending` is a pushed version MLMD does not hold yet (a TFX executor's
   PushedModel is published only after the executor returns): it counts as
   served and, with `pending_label`, as the latest assignment of that label.
+  `exclude` (model name -> versions) are left out as if their directories
+  were gone: versions `ckptflow gc` is about to remove.
 
   Raises:
     ServingError: `pending` is not a version directory of `serving_root`.
   """
   by_model: dict[str, set[int]] = {}
+  excluded = {name: set(versions) for name, versions in (exclude or {}).items()}
   for record in all_served_versions(store):
+    if record.version in excluded.get(record.model_name, ()):
+      continue
     if serving.version_exists(serving_root, record.model_name, record.version):
       by_model.setdefault(record.model_name, set()).add(record.version)
   if pending is not None:
@@ -568,10 +745,11 @@ def serving_states(store: Store, serving_root: str, *,
 
 def sync_models_config(store: Store, serving_root: str, *,
                        pending: ServedVersion | None = None,
-                       pending_label: str | None = None
+                       pending_label: str | None = None,
+                       exclude: Mapping[str, Iterable[int]] | None = None
                        ) -> dict[str, serving.ModelServingState]:
   """Rewrites SERVING_ROOT/models.config from MLMD (see `serving_states`,
-  also for `pending`).
+  also for `pending` and `exclude`).
 
   Reads MLMD and replaces the file while holding `models_config_lock`, so
   concurrent syncs cannot leave an older state on disk. Returns the states
@@ -579,7 +757,7 @@ def sync_models_config(store: Store, serving_root: str, *,
   """
   with serving.models_config_lock(serving_root):
     states = serving_states(store, serving_root, pending=pending,
-                            pending_label=pending_label)
+                            pending_label=pending_label, exclude=exclude)
     serving.write_models_config(serving_root, states)
   if storage.is_remote(serving_root):
     # No lock on a bucket: a concurrent sync may have written an older state
@@ -609,7 +787,8 @@ def promote(store: Store, *, saved_model_dir: str,
             serving_root: str, model_name: str, model_artifact_id: int,
             label: str = STABLE, forced: bool = False,
             blessing_artifact_id: int | None = None,
-            required_signature: str | None = None) -> ServedRecord:
+            required_signature: str | None = None,
+            user_reason: str = "") -> ServedRecord:
   """Pushes a SavedModel, records the push (which assigns `label`), and
   rewrites models.config.
 
@@ -636,14 +815,16 @@ def promote(store: Store, *, saved_model_dir: str,
   fault_point("push-record")  # published, not yet recorded
   record_push(store, model_artifact_id=model_artifact_id, served=served,
               label=label, forced=forced,
-              blessing_artifact_id=blessing_artifact_id, serving_root=serving_root)
+              blessing_artifact_id=blessing_artifact_id, serving_root=serving_root,
+              user_reason=user_reason)
   sync_models_config(store, serving_root)
   return served_version(store, model_name, served.version)
 
 
 __all__ = [
     "LabelChange", "ServedRecord", "all_served_versions", "current_labels",
-    "ensure_types", "label_history", "mark_not_pushed", "mark_pushed", "promote",
+    "ensure_types", "label_history", "mark_not_pushed", "mark_pushed", "move_label",
+    "number", "of_model", "promote", "pushed_models",
     "record_not_pushed", "record_push", "rollback", "served_version",
     "served_versions", "serving_states", "set_label", "sync_models_config",
 ]

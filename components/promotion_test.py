@@ -81,9 +81,11 @@ def test_record_push_writes_promote_execution_with_events_and_pushed_model(
   assert pushed_type.name == "PushedModel"
   assert pushed.uri == served.path
   assert pushed.state == metadata_store_pb2.Artifact.LIVE
+  user, host = promotion.actor()
   assert props(pushed) == {
       "pushed": 1, "pushed_destination": served.path, "pushed_version": "1",
-      "model_name": "penguin", "version": 1, "label": "stable", "forced": 0}
+      "model_name": "penguin", "version": 1, "label": "stable", "forced": 0,
+      "user": user, "host": host}
   [producer] = [e for e in store.get_events_by_artifact_ids([pushed_id])
                 if e.type == OUTPUT]
   [execution] = store.get_executions_by_id([producer.execution_id])
@@ -136,6 +138,20 @@ def test_unblessed_push_is_refused_unless_forced(store, tmp_path, root):
       forced=True, blessing_artifact_id=blessing_id, serving_root=root)
   [record] = promotion.served_versions(store, "m")
   assert (record.artifact_id, record.forced) == (pushed_id, True)
+
+
+def test_same_push_recorded_twice_is_idempotent(store, tmp_path, root):
+  model_id, source = put_model(store, tmp_path)
+  served = serving.push_saved_model(source, root, "m")
+  first = promotion.record_push(store, model_artifact_id=model_id, served=served,
+                                label="stable", forced=False, serving_root=root)
+  before = counts(store)
+
+  again = promotion.record_push(store, model_artifact_id=model_id, served=served,
+                                label="stable", forced=False, serving_root=root)
+
+  assert again == first
+  assert counts(store) == before
 
 
 def test_same_version_recorded_twice_fails_and_keeps_one_record(store, tmp_path, root):
@@ -217,8 +233,10 @@ def test_set_label_records_execution_with_previous_version_and_input_event(
 
   assert promotion.current_labels(store, "m") == {"canary": 2, "stable": 2}
   [execution] = store.get_executions_by_id([execution_id])
+  user, host = promotion.actor()
   assert props(execution) == {"model_name": "m", "label": "stable", "version": 2,
-                              "previous_version": 1, "reason": "promote"}
+                              "previous_version": 1, "reason": "promote",
+                              "user_reason": "", "user": user, "host": host}
   [event] = store.get_events_by_execution_ids([execution_id])
   assert (event.type, event.artifact_id) == (INPUT, records[1])
   [first, second] = promotion.label_history(store, "m", "stable")

@@ -275,7 +275,9 @@ def _record(store, *, model_artifact_id, examples_artifact_id, baseline, blessin
                                          baseline.pushed_model_artifact_id)))
   pairs += [(blessing_artifact, mlmd.output_event("blessing")),
             (evaluation_artifact, mlmd.output_event("evaluation"))]
-  execution_id, artifact_ids, _ = store.put_execution(execution, pairs, contexts=[])
+  # A re-promoted candidate can be the baseline itself: one INPUT event.
+  execution_id, artifact_ids, _ = store.put_execution(
+      execution, mlmd.without_repeated_inputs(pairs), contexts=[])
   return Evaluation(execution_id=execution_id, blessing_artifact_id=artifact_ids[-2],
                     evaluation_artifact_id=artifact_ids[-1], blessed=blessed,
                     reason=reason, baseline=baseline, metrics=metrics,

@@ -309,15 +309,9 @@ def _tfx_version() -> str:
 
 
 def protect(store: Store, checkpoint_id: int, reason: str) -> str | None:
-  """Marks the checkpoint protected with `reason`, unless it already is
-  ("promoted" is never downgraded to "exported"). Returns the protection
-  it had before (None: none), for `restore_protection`."""
-  [artifact] = store.get_artifacts_by_id([checkpoint_id])
-  custom = artifact.custom_properties
-  before = custom["protected"].string_value if "protected" in custom else None
-  if before != reason and not (before == "promoted" and reason == "exported"):
-    checkpoints.set_protected(store, checkpoint_id, reason)
-  return before
+  """`checkpoint.protect`: marks the checkpoint protected, never downgrading
+  "promoted"; returns the protection it had before."""
+  return checkpoints.protect(store, checkpoint_id, reason)
 
 
 def restore_protection(store: Store, checkpoint_id: int,

@@ -45,7 +45,7 @@ EXECUTION_KEY_PROPERTIES = (
     "module", "fingerprint", "hyperparameters", "seed", "train_steps",
     "checkpoint_every", "checkpoint_step", "model_name", "label", "version",
     "previous_version", "blessed", "baseline_version", "reason", "forced",
-    "outcome")
+    "outcome", "user_reason", "user", "host")
 _MAX_SHOWN_CHARS = 80
 
 _EVENT_NAMES = {metadata_store_pb2.Event.INPUT: "INPUT",

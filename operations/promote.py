@@ -17,6 +17,15 @@
    Otherwise records a `PushedModel` with `pushed`=0 and the reason: not
    promoted is an outcome, not an error.
 
+A checkpoint already served (a version of the model pushed from one of
+its exports, whose directory exists) is not copied again: the label moves
+to that version, recorded as a SetLabel with reason "repromote" (like a
+rollback), and nothing is evaluated; promoting it twice is idempotent. If
+that version's directory is gone, the checkpoint is pushed as a new version.
+
+`--reason TEXT` is recorded on the execution that pushes or relabels (with
+the user and host).
+
 Which EvalConfig and model name: `--config FILE` if given (its [evaluation]
 and [serving] sections); else those the checkpoint's pipeline run recorded
 in MLMD (its Evaluator's `eval_config`, its Pusher's push destination);
@@ -169,8 +178,8 @@ class PromotionResult:
   `pushed_model_artifact_id` is the PushedModel recording either outcome."""
 
   checkpoint: CheckpointRecord
-  export: ExportRecord
-  evaluation: Evaluation
+  export: ExportRecord | None  # None when an existing version was relabelled
+  evaluation: Evaluation | None  # likewise
   settings: PromotionSettings
   label: str
   pushed: bool
@@ -178,21 +187,37 @@ class PromotionResult:
   served: promotion.ServedRecord | None
   pushed_model_artifact_id: int
   reason: str
+  user_reason: str = ""
+  relabelled_from: int | None = None  # re-promotion: the label's version before
+  relabelled: bool = False  # re-promotion: the label moved to an existing version
 
   def as_json(self) -> dict:
+    outcome = ("relabelled" if self.relabelled else
+               "pushed" if self.pushed else "not_pushed")
     return {
-        "outcome": "pushed" if self.pushed else "not_pushed",
-        "reason": self.reason, "forced": self.forced, "label": self.label,
+        "outcome": outcome,
+        "reason": self.reason, "user_reason": self.user_reason,
+        "forced": self.forced, "label": self.label,
         "model_name": self.settings.model_name,
         "serving_root": self.settings.serving_root,
         "eval_config_source": self.settings.eval_config_source,
-        "checkpoint": self.checkpoint.as_json(), "export": self.export.as_json(),
-        "evaluation": self.evaluation.as_json(),
+        "checkpoint": self.checkpoint.as_json(),
+        "export": self.export.as_json() if self.export else None,
+        "evaluation": self.evaluation.as_json() if self.evaluation else None,
         "served": self.served.as_json() if self.served else None,
+        "previous_version": self.relabelled_from,
         "pushed_model_artifact_id": self.pushed_model_artifact_id}
 
   def lines(self) -> list[str]:
     c, e, v = self.checkpoint, self.export, self.evaluation
+    if self.relabelled or e is None or v is None:
+      assert self.served is not None
+      before = ("it already had it" if self.relabelled_from == self.served.version
+                else f"moved from version {self.relabelled_from}"
+                if self.relabelled_from is not None else "new label")
+      return [f"checkpoint {c.id} (step {c.step}) is already served as "
+              f"{self.served.model_name} version {self.served.version}: label "
+              f"{self.label} points at it ({before}); nothing copied: {self.served.path}"]
     how = "reused export" if e.reused else "exported as"
     against = (f"{v.baseline.model_name} version {v.baseline.version} (stable)"
                if v.baseline else "no baseline (no stable version yet)")
@@ -219,13 +244,15 @@ def promote_checkpoint(store: Store, spec: str, *, home: str,
                        label: str = promotion.STABLE, force: bool = False,
                        config_path: str | None = None, model_name: str | None = None,
                        serving_dir: str | None = None,
-                       beam_args: Sequence[str] | None = None) -> PromotionResult:
+                       beam_args: Sequence[str] | None = None,
+                       reason: str = "") -> PromotionResult:
   """Exports (or reuses the export of) checkpoint `spec`, evaluates it
   against the stable version, and pushes it if blessed or `force`d.
 
   `home` holds the pipeline root (exports and evaluations are written under
   HOME/pipeline_root) and, unless `serving_dir` or the config says
-  otherwise, the serving root (HOME/serving).
+  otherwise, the serving root (HOME/serving). `reason` (the user's
+  `--reason`) is recorded with the push or relabel.
 
   Raises (before anything is written):
     CheckpointError: `spec` names no checkpoint, or a pruned one.
@@ -253,13 +280,43 @@ def promote_checkpoint(store: Store, spec: str, *, home: str,
   # The shared home lock: `doctor --repair` (and the recovery `run` starts
   # with) must not take this promotion's unfinished files for debris.
   with shared_lock(home):
+    existing = served_version_of(store, settings, record.id)
+    if existing is not None:
+      previous = promotion.move_label(store, settings.serving_root, settings.model_name,
+                                      label, existing.version, reason="repromote",
+                                      user_reason=reason)
+      return PromotionResult(
+          checkpoint=get_checkpoint(store, record.id), export=None, evaluation=None,
+          settings=settings, label=label, pushed=True, forced=existing.forced,
+          served=existing, pushed_model_artifact_id=existing.artifact_id,
+          reason="already served", user_reason=reason, relabelled_from=previous,
+          relabelled=True)
     return _export_evaluate_push(store, record, training, settings, pipeline_root,
-                                 label=label, force=force)
+                                 label=label, force=force, user_reason=reason)
+
+
+def served_version_of(store: Store, settings: PromotionSettings,
+                      checkpoint_id: int) -> promotion.ServedRecord | None:
+  """The newest version of the model that was pushed from an export of
+  checkpoint `checkpoint_id` and is still served (LIVE record, directory
+  present under the serving root), or None. Read-only."""
+  records = [r for r in promotion.served_versions(store, settings.model_name)
+             if not r.deleted and os.path.isdir(
+                 serving.version_path(settings.serving_root, r.model_name, r.version))]
+  models = promotion.pushed_models(store, records)
+  if not models:
+    return None
+  artifacts = {a.id: a for a in store.get_artifacts_by_id(sorted(set(models.values())))}
+  ours = [r for r in records if r.artifact_id in models and
+          mlmd.property_value(artifacts.get(models[r.artifact_id],
+                                            metadata_store_pb2.Artifact()),
+                              "checkpoint_id") == checkpoint_id]
+  return max(ours, key=lambda r: r.version) if ours else None
 
 
 def _export_evaluate_push(store, record: CheckpointRecord, training: Training,
                           settings: PromotionSettings, pipeline_root: str, *,
-                          label: str, force: bool) -> PromotionResult:
+                          label: str, force: bool, user_reason: str) -> PromotionResult:
   exported = checkpoint_export.export_checkpoint(
       store, record, export_root=os.path.join(pipeline_root, checkpoint_export.EXPORT_DIR_NAME))
   stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%S%f")
@@ -279,11 +336,12 @@ def _export_evaluate_push(store, record: CheckpointRecord, training: Training,
     pushed_id = promotion.record_not_pushed(
         store, model_artifact_id=exported.model_artifact_id,
         model_name=settings.model_name, reason=reason,
-        blessing_artifact_id=evaluation.blessing_artifact_id)
+        blessing_artifact_id=evaluation.blessing_artifact_id, user_reason=user_reason)
     return PromotionResult(checkpoint=get_checkpoint(store, record.id), export=exported,
                            evaluation=evaluation,
                            settings=settings, label=label, pushed=False, forced=False,
-                           served=None, pushed_model_artifact_id=pushed_id, reason=reason)
+                           served=None, pushed_model_artifact_id=pushed_id, reason=reason,
+                           user_reason=user_reason)
 
   before = checkpoint_export.protect(store, record.id, "promoted")
   try:
@@ -291,7 +349,7 @@ def _export_evaluate_push(store, record: CheckpointRecord, training: Training,
         store, saved_model_dir=exported.saved_model_dir, serving_root=settings.serving_root,
         model_name=settings.model_name, model_artifact_id=exported.model_artifact_id,
         label=label, forced=not evaluation.blessed,
-        blessing_artifact_id=evaluation.blessing_artifact_id)
+        blessing_artifact_id=evaluation.blessing_artifact_id, user_reason=user_reason)
   except BaseException:
     if before != "promoted":
       checkpoint_export.restore_protection(store, record.id, before)
@@ -301,7 +359,8 @@ def _export_evaluate_push(store, record: CheckpointRecord, training: Training,
       export=exported, evaluation=evaluation, settings=settings, label=label,
       pushed=True, forced=not evaluation.blessed, served=served,
       pushed_model_artifact_id=served.artifact_id,
-      reason="" if evaluation.blessed else f"forced: {evaluation.reason}")
+      reason="" if evaluation.blessed else f"forced: {evaluation.reason}",
+      user_reason=user_reason)
 
 
 __all__ = ["LABELS", "PromotionResult", "PromotionSettings", "promote_checkpoint",

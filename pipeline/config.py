@@ -25,6 +25,7 @@ from ckptflow.base.home import Home
 
 DEFAULT_HOME_ENV = "CKPTFLOW_HOME"
 WARM_START_CHOICES = ("none", "latest", "best")
+WARM_START_MODES = ("weights", "full")
 
 
 def default_home() -> str:
@@ -128,6 +129,10 @@ class TrainingConfig:
   best_mode: str = "min"
   keep_every: int = 0
   warm_start: str = "none"
+  # "weights": the model's weights only; "full": also every optimizer and
+  # the extra variables (and the step, with warm_start_step).
+  warm_start_mode: str = "weights"
+  warm_start_step: bool = False
   async_checkpoint: bool = False
   eval_every: int = 0
   seed: int = 42
@@ -156,6 +161,13 @@ class TrainingConfig:
     warm = self.warm_start
     if not (isinstance(warm, str) and (warm in WARM_START_CHOICES or warm.isdigit())):
       _fail("training.warm_start", warm, "'none', 'latest', 'best' or a checkpoint artifact id")
+    if self.warm_start_mode not in WARM_START_MODES:
+      _fail("training.warm_start_mode", self.warm_start_mode, "'weights' or 'full'")
+    if not isinstance(self.warm_start_step, bool):
+      _fail("training.warm_start_step", self.warm_start_step, "true or false")
+    if self.warm_start_step and self.warm_start_mode != "full":
+      _fail("training.warm_start_step", self.warm_start_step,
+            "false unless warm_start_mode = 'full' (the step comes with the full state)")
     if isinstance(self.seed, bool) or not isinstance(self.seed, int):
       _fail("training.seed", self.seed, "an integer")
     if not isinstance(self.hyperparameters, Mapping):

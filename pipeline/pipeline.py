@@ -1,7 +1,8 @@
 """`create_pipeline(config)`: the one pipeline definition every runner uses.
 
 CsvExampleGen -> StatisticsGen -> SchemaGen -> ExampleValidator ->
-CheckpointingTrainer -> Evaluator (against the latest blessed model) ->
+CheckpointingTrainer -> Evaluator (locally: against the version labelled
+stable, as `promote`; on Kubeflow: the latest blessed model) ->
 Pusher (atomic, versioned push to a TF Serving base path).
 """
 
@@ -13,6 +14,7 @@ import tensorflow_model_analysis as tfma
 from tfx import v1 as tfx
 from tfx.types import standard_artifacts
 
+from ckptflow.components.evaluator.component import Evaluator
 from ckptflow.components.pusher.component import Pusher
 from ckptflow.components.trainer.component import CheckpointingTrainer
 from ckptflow.base import metadata, storage
@@ -29,7 +31,8 @@ TARGETS = ("local", "kubeflow", "vertex")
 
 def eval_config(config: PipelineConfig) -> tfma.EvalConfig:
   """The blessing rule: `metric` above a floor, and no worse than the
-  baseline (the latest blessed model) by more than `allowed_regression`."""
+  baseline (locally the version labelled stable; on Kubeflow the latest
+  blessed model) by more than `allowed_regression`."""
   evaluation = config.evaluation
   threshold = tfma.MetricThreshold(
       value_threshold=tfma.GenericValueThreshold(
@@ -61,8 +64,9 @@ def create_pipeline(config: PipelineConfig, *, feature_keys: tuple[str, ...] | N
       header (`config.data.resolved_features()`), which also checks them.
     data_root: overrides `config.data.path` (the Kubeflow compiler passes a
       runtime parameter here).
-    with_resolver: include the Resolver that finds the baseline model
-      (default: yes, except for the "kubeflow" target). Open-source KFP v2
+    with_resolver: include TFX's Resolver that finds the latest blessed
+      model as baseline (default: only for the "vertex" target; locally the
+      Evaluator takes the version labelled stable). Open-source KFP v2
       cannot run Resolver nodes.
     target: one of TARGETS; "local" builds exactly the local pipeline.
     pipeline_root: overrides `config.pipeline_root` (for a compiled spec
@@ -74,7 +78,9 @@ def create_pipeline(config: PipelineConfig, *, feature_keys: tuple[str, ...] | N
     raise ValueError(f"create_pipeline: target {target!r} is unknown. "
                      f"Expected one of {', '.join(TARGETS)}")
   if with_resolver is None:
-    with_resolver = target != "kubeflow"
+    # Local: the Evaluator's baseline is the version labelled stable
+    # (components/evaluator), as for `promote`; Vertex keeps TFX's Resolver.
+    with_resolver = target == "vertex"
   if with_resolver and target == "kubeflow":
     raise ValueError("create_pipeline: open-source KFP v2 cannot run Resolver "
                      "nodes; use target='vertex' or with_resolver=False")
@@ -110,6 +116,7 @@ def create_pipeline(config: PipelineConfig, *, feature_keys: tuple[str, ...] | N
       keep_last=training.keep_last, keep_best=training.keep_best,
       best_metric=training.best_metric, best_mode=training.best_mode,
       keep_every=training.keep_every, warm_start=training.warm_start,
+      warm_start_mode=training.warm_start_mode, warm_start_step=training.warm_start_step,
       async_checkpoint=training.async_checkpoint, eval_every=training.eval_every,
       seed=training.seed, hyperparameters=training.hyperparameters)
 
@@ -124,9 +131,10 @@ def create_pipeline(config: PipelineConfig, *, feature_keys: tuple[str, ...] | N
     components.append(resolver)
     baseline = resolver.outputs["model"]
   if target == "local":
-    evaluator = tfx.components.Evaluator(
+    evaluator = Evaluator(
         examples=example_gen.outputs["examples"], model=trainer.outputs["model"],
-        baseline_model=baseline, eval_config=eval_config(config))
+        baseline_model=baseline, eval_config=eval_config(config),
+        model_name=config.serving.model_name)
   else:
     from ckptflow.components.kubeflow.components import KubeflowEvaluator
     evaluator = KubeflowEvaluator(

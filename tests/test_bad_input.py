@@ -24,7 +24,8 @@ import pytest
 from ml_metadata.proto import metadata_store_pb2
 
 from ckptflow.components import checkpoint as ckpt_records
-from reliability_support import MYSQL_HOST, MYSQL_PORT, mlmd_counts, mysql_admin, mysql_target
+from reliability_support import (MYSQL_HOST, MYSQL_PORT, ToyHome, mlmd_counts, mysql_admin,
+                                 mysql_target)
 from support import ckptflow
 
 HEADER = "species,culmen_length_mm,culmen_depth_mm,flipper_length_mm,body_mass_g"
@@ -362,6 +363,22 @@ CASES = [
          on_toy("rollback", "penguin", "--to", "99")),
     Case("rollback-model-name-traversal", "model name '../x' is not valid",
          on_toy("rollback", "../x")),
+    Case("rollback-with-one-version", "has only one served version (1), so there is "
+         "nothing to roll back to", on_toy("rollback", "penguin")),
+    Case("history-unknown-model", "model 'nomodel' has no pushes or labels",
+         on_toy("history", "nomodel")),
+    Case("history-at-in-the-future", "is in the future",
+         on_toy("history", "penguin", "--at", "2999-01-01T00:00")),
+    Case("history-at-unparsable", "--at 'yesterday' is not a time",
+         on_toy("history", "penguin", "--at", "yesterday")),
+    Case("history-model-name-traversal", "model name '../x' is not valid",
+         on_toy("history", "../x")),
+    Case("gc-keep-versions-zero", "--keep-versions is 0. Expected an integer >= 1",
+         on_toy("gc", "--keep-versions", "0")),
+    Case("gc-keep-versions-negative", "--keep-versions is -2. Expected an integer >= 1",
+         on_toy("gc", "--keep-versions=-2")),
+    Case("gc-keep-exports-negative", "--keep-exports is -1. Expected an integer >= 0",
+         on_toy("gc", "--keep-exports=-1")),
     Case("lineage-unknown-version", "model 'nomodel' has no served version 3",
          on_toy("lineage", "nomodel:3")),
     Case("lineage-unknown-id", "no artifact with id 99999", on_toy("lineage", "99999")),
@@ -691,3 +708,32 @@ def test_saved_model_without_serving_default_signature_is_refused_and_nothing_wr
   assert str(source) in last
   assert snapshot(toy.home) == before_files
   assert mlmd_counts(toy.target) == before_mlmd
+
+
+def test_gc_on_a_read_only_home_fails_and_changes_nothing(tmp_path):
+  toy = ToyHome(tmp_path / "rw" / "home")
+  for marker in ("v1", "v2", "v3"):
+    toy.promote(marker=marker)
+  view = tmp_path / "ro"
+  view.mkdir()
+  # A read-only bind mount of the home's parent: the same files, not writable
+  # even for root.
+  mounted = subprocess.run(["mount", "--bind", str(tmp_path / "rw"), str(view)],
+                           capture_output=True, text=True)
+  if mounted.returncode != 0:
+    pytest.skip(f"cannot bind-mount here: {mounted.stderr.strip()}")
+  try:
+    subprocess.run(["mount", "-o", "remount,bind,ro", str(view)], check=True)
+    before = snapshot(tmp_path / "rw")
+    result = ckptflow("gc", "--home", str(view / "home"), "--keep-versions", "1",
+                      check=False)
+    assert snapshot(tmp_path / "rw") == before
+  finally:
+    subprocess.run(["umount", "-l", str(view)], check=False)
+  assert_fails_cleanly(result, "is not writable")
+  assert serving_versions(toy) == [1, 2, 3]
+
+
+def serving_versions(toy):
+  from ckptflow.components.pusher import serving
+  return serving.list_versions(str(toy.serving), "penguin")

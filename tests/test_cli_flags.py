@@ -106,3 +106,20 @@ def test_checkpoint_table_keeps_metric_names_whole_and_marks_served_checkpoints(
     assert lines[1][:end].endswith(("0.5", "0.25")) and lines[2][:end].endswith(("0.125", "-"))
   assert len({line.index("/h/") for line in lines[1:]}) == 1
   assert lines[0].index("uri") == lines[1].index("/h/")
+
+
+def test_listing_into_a_closed_pipe_stops_quietly_with_sigpipes_status(tmp_path):
+  """`ckptflow checkpoints --json | head -0`: the reader is gone before the
+  listing is written; no BrokenPipeError traceback, status 128 + SIGPIPE."""
+  import signal
+  import subprocess
+  import sys
+  from ckptflow.base.metadata import open_store
+  open_store(f"sqlite://{tmp_path / 'metadata.sqlite'}")
+  process = subprocess.Popen(
+      [sys.executable, "-m", "ckptflow.cli", "checkpoints", "--home", str(tmp_path), "--json"],
+      stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+  process.stdout.close()
+  stderr = process.stderr.read().decode()
+  assert process.wait(timeout=120) == 128 + signal.SIGPIPE
+  assert "Traceback" not in stderr and "BrokenPipeError" not in stderr

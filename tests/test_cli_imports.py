@@ -27,6 +27,8 @@ _PROBE = (
     ["--help"], ["run", "--help"], ["checkpoints"], ["checkpoints", "--json", "--all"],
     ["lineage", "1"], ["lineage", "penguin:1", "--format", "json"], ["rollback", "penguin"],
     ["rollback", "penguin", "--to", "3"], ["doctor"], ["doctor", "--json"],
+    ["history", "penguin"], ["history", "penguin", "--json", "--at", "2020-01-01"],
+    ["gc"], ["gc", "--dry-run", "--json"], ["rollback", "penguin", "--reason", "r"],
     ["doctor", "--repair"], ["doctor", "--relocate", "--dry-run"], ["doctor", "--relocate"],
 ], ids=" ".join)
 def test_metadata_only_command_imports_neither_tensorflow_nor_tfx(tmp_path, command):

@@ -149,9 +149,8 @@ def test_checkpoints_command_lists_them_as_json(e2e_home):
 
 
 def test_rerun_with_unchanged_inputs_does_not_retrain(tmp_path, penguins_dir):
-  # A home of its own, not e2e_home: the rerun adds executions and, with the
-  # first run's model as its baseline, blesses and pushes a second version,
-  # which the tests reading e2e_home must not see whatever order they run in.
+  # A home of its own, not e2e_home: the rerun adds executions, which the
+  # tests reading e2e_home must not see whatever order they run in.
   home = tmp_path / "home"
   run = ("run", "--home", str(home), "--data", str(penguins_dir),
          "--train-steps", "100", "--checkpoint-every", "50", "--model-name", "penguin")
@@ -187,6 +186,47 @@ def test_beam_orchestrator_with_multi_process_beam_jobs_runs_the_pipeline(tmp_pa
   steps = sorted(a.properties["step"].int_value for a in store.get_artifacts_by_type("Checkpoint"))
   assert steps == [50, 100]
   assert (home / "serving" / "penguin" / "1" / "saved_model.pb").is_file()
+
+
+def _blessing_of_latest_evaluator(store) -> metadata_store_pb2.Artifact:
+  evaluator = max(_executions_by_component(store)["Evaluator"], key=lambda e: e.id)
+  [blessing_id] = [e.artifact_id for e in store.get_events_by_execution_ids([evaluator.id])
+                   if e.type == metadata_store_pb2.Event.OUTPUT
+                   and e.path.steps[0].key == "blessing"]
+  [blessing] = store.get_artifacts_by_id([blessing_id])
+  return blessing
+
+
+def test_after_a_rollback_the_next_run_evaluates_against_the_rolled_back_to_version(
+    tmp_path, penguins_dir):
+  home = tmp_path / "home"
+  lenient = tmp_path / "lenient.toml"
+  lenient.write_text("[evaluation]\nlower_bound = 0.0\nallowed_regression = 1.0\n")
+
+  def run(steps):
+    ckptflow("run", "--home", str(home), "--data", str(penguins_dir), "--config",
+             str(lenient), "--train-steps", str(steps), "--checkpoint-every", "50",
+             "--model-name", "penguin")
+
+  run(100)  # version 1, stable; no baseline
+  run(150)  # evaluated against 1; version 2, stable
+  blessing = _blessing_of_latest_evaluator(_store(home))
+  assert blessing.custom_properties["baseline_version"].int_value == 1
+  ckptflow("rollback", "penguin", "--home", str(home), "--reason", "test")
+
+  run(200)
+
+  store = _store(home)
+  blessing = _blessing_of_latest_evaluator(store)
+  props = blessing.custom_properties
+  assert props["baseline_version"].int_value == 1
+  assert props["baseline_model"].string_value == str(home / "serving" / "penguin" / "1")
+  from ckptflow.components import promotion
+  [first] = [r for r in promotion.served_versions(store, "penguin") if r.version == 1]
+  assert props["baseline_pushed_model_mlmd_id"].int_value == first.artifact_id
+  assert props["baseline_model_mlmd_id"].int_value == promotion.pushed_models(
+      store, [first])[first.artifact_id]
+  assert promotion.current_labels(store, "penguin") == {"stable": 3}
 
 
 # --- what a default run prints on standard error ------------------------------

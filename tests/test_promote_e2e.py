@@ -412,15 +412,55 @@ def test_rollback_moves_stable_back_and_models_config_agrees_with_mlmd(home):
   assert props(change).items() >= {"label": "stable", "version": 1, "previous_version": 2,
                                    "reason": "rollback"}.items()
 
+  # step:300 is served already (version 2): the label moves there, no copy.
   canary = json.loads(promote(home, "step:300", "--force", "--model-name", model,
                               "--label", "canary").stdout)
 
-  assert canary["served"]["version"] == 3
-  assert_labels_agree(home, model, {"canary": 3, "stable": 1})
+  assert canary["outcome"] == "relabelled" and canary["served"]["version"] == 2
+  assert_labels_agree(home, model, {"canary": 2, "stable": 1})
 
   ckptflow("rollback", model, "--to", "2", "--home", str(home))
 
-  assert_labels_agree(home, model, {"canary": 3, "stable": 2})
+  assert_labels_agree(home, model, {"canary": 2, "stable": 2})
+
+
+def test_promoting_the_same_checkpoint_again_moves_the_label_to_its_version(home):
+  model = "penguin_again"
+  history = lambda: json.loads(ckptflow("history", model, "--home", str(home),
+                                        "--json").stdout)["history"]
+  first = json.loads(promote(home, "step:200", "--force", "--label", "stable",
+                             "--model-name", model, "--reason", "first").stdout)
+  assert first["outcome"] == "pushed" and first["served"]["version"] == 1
+  assert_labels_agree(home, model, {"stable": 1})
+
+  # The second time used to fail with UNIQUE constraint failed: Event... (exit 1).
+  again = promote(home, "step:200", "--force", "--label", "stable", "--model-name", model,
+                  "--reason", "ci rerun")
+  assert json.loads(again.stdout)["outcome"] == "relabelled"
+  assert numeric_versions(home, model) == [1]
+  assert_labels_agree(home, model, {"stable": 1})
+  assert [(h["action"], h["version"], h["reason"]) for h in history()] == [
+      ("push", 1, "first")]  # nothing moved, nothing recorded
+
+  promote(home, "step:300", "--force", "--model-name", model, "--reason", "newer")
+  ckptflow("rollback", model, "--home", str(home), "--reason", "regression")
+  assert_labels_agree(home, model, {"stable": 1})
+  third = json.loads(promote(home, "step:300", "--force", "--label", "stable",
+                             "--model-name", model, "--reason", "fixed upstream").stdout)
+
+  assert third["outcome"] == "relabelled" and third["served"]["version"] == 2
+  assert numeric_versions(home, model) == [1, 2]
+  assert_labels_agree(home, model, {"stable": 2})
+  assert [(h["action"], h["version"], h["label"], h["reason"]) for h in history()] == [
+      ("push", 1, "stable", "first"), ("push", 2, "stable", "newer"),
+      ("rollback", 1, "stable", "regression"), ("repromote", 2, "stable", "fixed upstream")]
+
+  # Its version gone: pushed again as a new version.
+  shutil.rmtree(home / "serving" / model / "2")
+  ckptflow("doctor", "--repair", "--home", str(home), check=False)
+  fourth = json.loads(promote(home, "step:300", "--force", "--model-name", model).stdout)
+  assert fourth["outcome"] == "pushed" and fourth["served"]["version"] == 3
+  assert_labels_agree(home, model, {"stable": 3})
 
 
 # --- bad input -------------------------------------------------------------------

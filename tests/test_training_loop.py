@@ -167,3 +167,69 @@ def test_warm_start_best_picks_the_lowest_loss_and_rejects_a_pruned_id(store, tm
   with pytest.raises(CheckpointError, match="no Checkpoint artifact with id 9999"):
     pick_warm_start(store, "9999", settings, exclude_key="other")
   assert result.final_checkpoint.step == 30
+
+
+def _create_slots(run: "Run") -> None:
+  """Creates every optimizer's slot variables without a training step (Keras
+  creates them lazily; restored values from a checkpoint are applied then)."""
+  model = run.setup.model
+  head_ids = {id(v) for v in model.layers[-1].trainable_variables}
+  body = [v for v in model.trainable_variables if id(v) not in head_ids]
+  head = [v for v in model.trainable_variables if id(v) in head_ids]
+  run.setup.optimizers["body"].build(body)
+  run.setup.optimizers["head"].build(head)
+
+
+@pytest.mark.parametrize("restore_step", [False, True])
+def test_full_warm_start_restores_every_optimizer_slot_and_extra_variable(
+    store, tmp_path, restore_step):
+  first = Run(store, str(tmp_path), key="first")
+  first.loop.run()
+  finish_execution(store, first.execution_id, metadata_store_pb2.Execution.COMPLETE)
+  saved = first.state()
+  [record] = [r for r in ckpt.list_checkpoints(store) if r.step == 30]
+  reader = tf.train.load_checkpoint(checkpoint_files.prefix(record.uri))
+  # Every optimizer slot in the file (iterations are saved under another name).
+  saved_slots = [k for k in reader.get_variable_to_shape_map()
+                 if k.startswith("optimizers/") and "/_variables/" in k
+                 and k.endswith("VARIABLE_VALUE")]
+  assert len(saved_slots) == 6  # Adam m and v for 2 body variables, SGD momentum x2
+
+  second = Run(store, str(tmp_path), key="second", seed=5)
+  fresh = second.state()
+  second.loop.warm_start(record, mode="full", restore_step=restore_step)
+  _create_slots(second)
+  restored = second.state()
+
+  optimizer_keys = [k for k in saved if k.startswith(("body/", "head/"))]
+  assert len(optimizer_keys) == 8  # the slots and each optimizer's iterations
+  for key in optimizer_keys + [k for k in saved if k.startswith(("var/", "model/"))]:
+    assert np.array_equal(restored[key], saved[key]), key
+    if not key.startswith("model/"):
+      assert not np.array_equal(fresh.get(key, np.zeros(0)), saved[key]), key
+  # Every slot value in the checkpoint file is one of the restored slots.
+  restored_slots = [restored[k] for k in optimizer_keys]
+  for name in saved_slots:
+    value = reader.get_tensor(name)
+    assert any(v.shape == value.shape and np.array_equal(v, value)
+               for v in restored_slots), name
+  assert int(restored["step"]) == (30 if restore_step else 0)
+  assert np.array_equal(restored["rng"], fresh["rng"])  # a new run's randomness
+  [event] = [e for e in store.get_events_by_execution_ids([second.execution_id])
+             if e.type == metadata_store_pb2.Event.INPUT]
+  assert event.artifact_id == record.id
+  assert event.path.steps[0].key == ("warm_start:full+step" if restore_step
+                                     else "warm_start:full")
+
+
+def test_weights_warm_start_leaves_the_optimizers_fresh(store, tmp_path):
+  first = Run(store, str(tmp_path), key="first")
+  first.loop.run()
+  saved = first.state()
+  [record] = [r for r in ckpt.list_checkpoints(store) if r.step == 30]
+  second = Run(store, str(tmp_path), key="second", seed=5)
+  second.loop.warm_start(record)
+  _create_slots(second)
+  restored = second.state()
+  slots = [k for k in saved if k.startswith("body/") and saved[k].ndim > 0]
+  assert slots and all(not np.any(restored[k]) for k in slots)

@@ -63,6 +63,9 @@ class Executor(tfx_pusher_executor.Executor):
                                 reason="model not blessed")
       return
 
+    # The checkpoint behind a served version is never pruned: protected
+    # before the version becomes visible, as `promote` does.
+    protect_source_checkpoint(store, input_dict)
     recorded = [r.version for r in promotion.served_versions(store, model_name)]
     served = serving.push_saved_model(self.GetModelPath(input_dict), serving_root,
                                       model_name, reserved_versions=recorded)
@@ -92,3 +95,16 @@ def record_trainer_export(store, input_dict: Dict[str, List[types.Artifact]]) ->
   if not model.id or "checkpoint_id" not in properties:
     return None
   return checkpoint.record_model_source(store, model.id, properties["checkpoint_id"].int_value)
+
+
+def protect_source_checkpoint(store, input_dict: Dict[str, List[types.Artifact]]) -> None:
+  """Marks the Checkpoint the Model was written from (its `checkpoint_id`)
+  "promoted", so that retention in a later run never prunes the checkpoint
+  behind a served version. Models without a checkpoint id are left alone."""
+  model = artifact_utils.get_single_instance(input_dict[standard_component_specs.MODEL_KEY])
+  properties = model.mlmd_artifact.custom_properties
+  if "checkpoint_id" not in properties:
+    return
+  checkpoint_id = properties["checkpoint_id"].int_value
+  if store.get_artifacts_by_id([checkpoint_id]):
+    checkpoint.protect(store, checkpoint_id, "promoted")

@@ -19,6 +19,7 @@ from tfx.types import standard_artifacts, standard_component_specs
 
 from ckptflow.base.errors import ServingError
 from ckptflow.components import promotion
+from ckptflow.components.checkpoint import CheckpointRegistry, NewCheckpoint, get_checkpoint
 from ckptflow.components.pusher import serving
 from ckptflow.components.pusher.executor import Executor
 
@@ -212,3 +213,34 @@ def test_bad_destination_or_label_fails_before_anything_is_written(
   assert tree(pusher.serving_root) == []
   assert not pusher.pushed[-1].has_custom_property("pushed")
   assert mlmd_counts(store) == before
+
+
+def _register_source_checkpoint(store, pusher) -> int:
+  """A Checkpoint in the store, named by the Model's `checkpoint_id` as the
+  Trainer names the checkpoint its final Model was written from."""
+  type_id = store.put_execution_type(metadata_store_pb2.ExecutionType(name="Trainer"))
+  trainer_id, _, _ = store.put_execution(
+      metadata_store_pb2.Execution(type_id=type_id), [], contexts=[])
+  record = CheckpointRegistry(store, trainer_id).register(NewCheckpoint(
+      uri=str(pusher.root / "checkpoints" / "step-300"), step=300, epoch=0,
+      metrics={"loss": 0.1}, size_bytes=1, checksum="sum", tf_version="x",
+      fingerprint="fp", resume_key="run"))
+  pusher.model.set_int_custom_property("checkpoint_id", record.id)
+  return record.id
+
+
+def test_checkpoint_behind_a_pushed_model_is_protected_from_pruning(pusher, store):
+  checkpoint_id = _register_source_checkpoint(store, pusher)
+
+  pusher.do()
+
+  assert get_checkpoint(store, checkpoint_id).protected == "promoted"
+
+
+def test_checkpoint_behind_a_model_not_blessed_stays_unprotected(pusher, store):
+  checkpoint_id = _register_source_checkpoint(store, pusher)
+  pusher.blessing.set_int_custom_property("blessed", 0)
+
+  pusher.do()
+
+  assert get_checkpoint(store, checkpoint_id).protected == ""

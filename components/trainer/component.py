@@ -39,6 +39,8 @@ class CheckpointingTrainerSpec(types.ComponentSpec):
       "best_mode": ExecutionParameter(type=str, optional=True),
       "keep_every": ExecutionParameter(type=int, optional=True),
       "warm_start": ExecutionParameter(type=str, optional=True),
+      "warm_start_mode": ExecutionParameter(type=str, optional=True),
+      "warm_start_step": ExecutionParameter(type=int, optional=True),
       "async_checkpoint": ExecutionParameter(type=int, optional=True),
       "eval_every": ExecutionParameter(type=int, optional=True),
       "seed": ExecutionParameter(type=int, optional=True),
@@ -66,6 +68,7 @@ class CheckpointingTrainer(base_component.BaseComponent):
                checkpoint_every_seconds: float = 0.0, checkpoint_at_epoch_end: bool = False,
                keep_last: int = 0, keep_best: int = 0, best_metric: str = "loss",
                best_mode: str = "min", keep_every: int = 0, warm_start: str = "none",
+               warm_start_mode: str = "weights", warm_start_step: bool = False,
                async_checkpoint: bool = False, eval_every: int = 0, seed: int = 0,
                hyperparameters: Mapping[str, Any] | None = None):
     if style not in ("loop", "fit"):
@@ -79,6 +82,16 @@ class CheckpointingTrainer(base_component.BaseComponent):
       raise ValueError("CheckpointingTrainer: train_steps, batch_size and "
                        "checkpoint_every must be positive. Received: "
                        f"{train_steps}, {batch_size}, {checkpoint_every}")
+    if warm_start_mode not in ("weights", "full"):
+      raise ValueError("CheckpointingTrainer: warm_start_mode must be 'weights' or 'full'. "
+                       f"Received: {warm_start_mode!r}")
+    # Set only when not the default, so specs compiled before these
+    # parameters existed (and their cache keys) stay the same.
+    warm_args = {}
+    if warm_start_mode != "weights":
+      warm_args["warm_start_mode"] = warm_start_mode
+    if warm_start_step:
+      warm_args["warm_start_step"] = 1
     spec = self.SPEC_CLASS(
         examples=examples, schema=schema, module=module, style=style,
         feature_keys=json.dumps(list(feature_keys)), label_key=label_key,
@@ -92,7 +105,7 @@ class CheckpointingTrainer(base_component.BaseComponent):
         hyperparameters=json.dumps(dict(hyperparameters or {}), sort_keys=True),
         model=types.Channel(type=standard_artifacts.Model),
         model_run=types.Channel(type=standard_artifacts.ModelRun),
-        **self._target_spec_args())
+        **warm_args, **self._target_spec_args())
     super().__init__(spec=spec)
 
   def _target_spec_args(self) -> dict[str, Any]:

@@ -73,6 +73,8 @@ class TrainerSettings:
   eval_every: int
   seed: int
   hyperparameters: Mapping[str, Any]
+  warm_start_mode: str = "weights"
+  warm_start_step: bool = False
 
   @classmethod
   def from_exec_properties(cls, props: Mapping[str, Any]) -> "TrainerSettings":
@@ -96,6 +98,8 @@ class TrainerSettings:
         eval_every=int(props.get("eval_every") or 0),
         seed=int(props.get("seed") or 0),
         hyperparameters=json.loads(props.get("hyperparameters") or "{}"),
+        warm_start_mode=props.get("warm_start_mode") or "weights",
+        warm_start_step=bool(int(props.get("warm_start_step") or 0)),
     )
 
   def save_policy(self) -> policies.SavePolicy:
@@ -332,7 +336,8 @@ class Executor(base_executor.BaseExecutor):
         signal_policy=policies.OnSignal(), summary_dir=summary_dir)
     resumed = loop.resume()
     if resumed is None and warm_start is not None:
-      loop.warm_start(warm_start())
+      loop.warm_start(warm_start(), mode=settings.warm_start_mode,
+                      restore_step=settings.warm_start_step)
     return setup.model, loop.run(resumed)
 
   @staticmethod
@@ -346,7 +351,8 @@ class Executor(base_executor.BaseExecutor):
     result = fit_with_checkpoints(
         model, batches=batches, settings=loop_settings, save_policy=settings.save_policy(),
         retention=settings.retention_policy(), sink=sink, warm_start=warm_start,
-        signal_policy=policies.OnSignal())
+        warm_start_mode=settings.warm_start_mode,
+        warm_start_step=settings.warm_start_step, signal_policy=policies.OnSignal())
     return model, result
 
   def _checkpoint_sink(self, store, resume_key: str, exec_properties: Dict[str, Any],

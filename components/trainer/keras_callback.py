@@ -92,6 +92,7 @@ def fit_with_checkpoints(model: tf.keras.Model, *, batches: tf.data.Dataset,
                          retention: policies.RetentionPolicy, sink: CheckpointSink,
                          extra_variables: Mapping[str, tf.Variable] | None = None,
                          warm_start: Callable[[], CheckpointRecord] | None = None,
+                         warm_start_mode: str = "weights", warm_start_step: bool = False,
                          signal_policy: policies.OnSignal | None = None,
                          callbacks: list | None = None,
                          progress: TrainingReporter | None = None) -> LoopResult:
@@ -118,7 +119,8 @@ def fit_with_checkpoints(model: tf.keras.Model, *, batches: tf.data.Dataset,
   try:
     resumed = checkpointer.resume()
     if resumed is None and warm_start is not None:
-      checkpointer.warm_start(warm_start(), model)
+      checkpointer.warm_start(warm_start(), model, mode=warm_start_mode,
+                              restore_step=warm_start_step)
     start = int(step.numpy())
     remaining = settings.train_steps - start
     reporter = progress or current_progress()

@@ -174,18 +174,43 @@ class Checkpointer:
         return record
     return None
 
-  def warm_start(self, record: CheckpointRecord, model: tf.keras.Model) -> None:
-    """Loads `model`'s weights (not optimizers, step or data position) from
-    `record`, and records it as an input of this run."""
-    _log.info("warm start from checkpoint %d (step %d)", record.id, record.step)
+  def warm_start(self, record: CheckpointRecord, model: tf.keras.Model, *,
+                 mode: str = "weights", restore_step: bool = False) -> None:
+    """Starts this run from `record`, and records it as an input of this
+    run (INPUT event key `warm_start`, then the mode: `weights`, `full` or
+    `full+step`).
+
+    mode "weights": `model`'s weights only (the optimizers start fresh, the
+    step at 0). mode "full": also every optimizer (slots and iterations;
+    Keras creates slots on the first step and they are filled from the
+    checkpoint then) and the extra variables; the step too with
+    `restore_step`, else it starts at 0. Never the RNG or the data position:
+    a warm start is a new run.
+    """
+    if mode not in ("weights", "full"):
+      raise ValueError(f"warm start mode must be 'weights' or 'full'. Received: {mode!r}")
+    _log.info("warm start (%s) from checkpoint %d (step %d)", mode, record.id, record.step)
     checkpoint_files.verify_against_record(record.uri, record.checksum)
-    weights_only = tf.train.Checkpoint(model=model)
+    parts: dict = {"model": model}
+    if mode == "full":
+      parts["optimizers"] = self._state.optimizers
+      parts["variables"] = self._state.variables
+      if restore_step:
+        parts["step"] = self._state.step
+    partial = tf.train.Checkpoint(**parts)
     try:
-      weights_only.read(checkpoint_files.prefix(record.uri)).expect_partial()
-    except (tf.errors.OpError, ValueError) as e:
+      status = partial.read(checkpoint_files.prefix(record.uri))
+      if mode == "full":
+        # Every model, optimizer and extra variable that exists now must
+        # come from the checkpoint (slots created later are restored then).
+        status.assert_existing_objects_matched()
+      status.expect_partial()
+    except (tf.errors.OpError, ValueError, AssertionError) as e:
       raise CheckpointError(f"warm start: checkpoint {record.id} does not fit this "
                             f"model: {str(e).splitlines()[0]}") from e
-    self._sink.record_restored(record, "warm_start")
+    key = "warm_start" if mode == "weights" else (
+        "warm_start:full+step" if restore_step else "warm_start:full")
+    self._sink.record_restored(record, key)
 
   def save(self, step: int, epoch: int, metrics: Mapping[str, float]) -> None:
     """Writes the state at `step`. Returns once the write has started
@@ -298,8 +323,10 @@ class TrainingLoop:
   def resume(self) -> CheckpointRecord | None:
     return self.checkpointer.resume()
 
-  def warm_start(self, record: CheckpointRecord) -> None:
-    self.checkpointer.warm_start(record, self._setup.model)
+  def warm_start(self, record: CheckpointRecord, *, mode: str = "weights",
+                 restore_step: bool = False) -> None:
+    self.checkpointer.warm_start(record, self._setup.model, mode=mode,
+                                 restore_step=restore_step)
 
   def run(self, resumed_from: CheckpointRecord | None = None) -> LoopResult:
     settings = self._settings

@@ -4,6 +4,14 @@ Checkpoints of one training run share a `resume_key` (model code,
 hyperparameters and input artifacts). A run is resumed from LIVE checkpoints
 with its key whose producing execution did not finish (killed, failed,
 preempted); retention applies across all executions of one run.
+
+The Trainer reads a run's live checkpoints after every save, to prune. That
+read follows the run's own events (`checkpoints_of_executions`: the OUTPUT
+events of the run's executions, then those artifacts by id, both indexed
+lookups), so its time depends on the run, not on how many checkpoints the
+store holds; the filter query on `resume_key` (`checkpoints_with_key`, a
+scan of property rows that grows with the store) runs once per execution,
+to find which executions belong to the run.
 """
 
 from __future__ import annotations
@@ -38,6 +46,26 @@ def checkpoints_with_key(store: Store, resume_key: str, *,
   return sorted(records, key=lambda r: (r.step, r.id), reverse=True)
 
 
+def checkpoints_of_executions(store: Store, execution_ids, resume_key: str, *,
+                              live_only: bool = True) -> list[CheckpointRecord]:
+  """Checkpoints with `resume_key` that the executions `execution_ids` have
+  as OUTPUT, newest step first: read through those executions' events and
+  the artifacts' ids (no filter query over the store)."""
+  ids = sorted(set(execution_ids))
+  if not ids:
+    return []
+  outputs = sorted({e.artifact_id for e in store.get_events_by_execution_ids(ids)
+                    if e.type == metadata_store_pb2.Event.OUTPUT})
+  if not outputs:
+    return []
+  type_id = ckpt_records.ensure_checkpoint_type(store)
+  records = [CheckpointRecord.from_artifact(a) for a in store.get_artifacts_by_id(outputs)
+             if a.type_id == type_id
+             and (not live_only or a.state == metadata_store_pb2.Artifact.LIVE)
+             and mlmd.property_value(a, "resume_key") == resume_key]
+  return sorted(records, key=lambda r: (r.step, r.id), reverse=True)
+
+
 class MlmdCheckpointSink:
   """Records one Trainer execution's checkpoints in MLMD."""
 
@@ -46,6 +74,7 @@ class MlmdCheckpointSink:
     self._store = store
     self._resume_key = resume_key
     self._registry = CheckpointRegistry(store, execution_id)
+    self._run_executions: set[int] | None = None  # the run's, found once
 
   @property
   def execution_id(self) -> int:
@@ -68,7 +97,14 @@ class MlmdCheckpointSink:
     self._registry.record_input(record.id, key)
 
   def live(self) -> Sequence[CheckpointRecord]:
-    return checkpoints_with_key(self._store, self._resume_key)
+    """The run's live checkpoints: those of this execution and of the
+    executions that held live checkpoints of the run when it was first
+    asked (one filter query), read through their events after that."""
+    if self._run_executions is None:
+      records = checkpoints_with_key(self._store, self._resume_key)
+      producers = ckpt_records.producer_execution_ids(self._store, [r.id for r in records])
+      self._run_executions = set(producers.values()) | {self.execution_id}
+    return checkpoints_of_executions(self._store, self._run_executions, self._resume_key)
 
   def mark_deleted(self, records: Sequence[CheckpointRecord]) -> None:
     ckpt_records.set_states(self._store, [r.id for r in records],

@@ -116,7 +116,7 @@ def test_data_location_is_a_runtime_parameter_and_no_pipeline_root_is_baked_in(
 
 
 @pytest.mark.heavy
-def test_local_pipeline_keeps_its_resolver_and_plain_components(penguins_dir):
+def test_local_pipeline_evaluates_against_stable_without_a_resolver(penguins_dir):
   from ckptflow.components.trainer.component import CheckpointingTrainer
   from ckptflow.pipeline.config import PipelineConfig
   from ckptflow.pipeline.pipeline import create_pipeline
@@ -125,11 +125,12 @@ def test_local_pipeline_keeps_its_resolver_and_plain_components(penguins_dir):
   pipeline = create_pipeline(config)
 
   by_id = {c.id: c for c in pipeline.components}
-  assert "latest_blessed_model_resolver" in by_id
+  assert "latest_blessed_model_resolver" not in by_id
   assert type(by_id["CheckpointingTrainer"]) is CheckpointingTrainer
   assert set(by_id["CheckpointingTrainer"].outputs) == {"model", "model_run"}
   assert "kfp_run_id" not in by_id["CheckpointingTrainer"].exec_properties
-  assert type(by_id["Evaluator"]).__module__ == "tfx.components.evaluator.component"
+  assert type(by_id["Evaluator"]).__module__ == "ckptflow.components.evaluator.component"
+  assert by_id["Evaluator"].exec_properties["baseline_model_name"] == "penguin"
 
 
 @pytest.mark.heavy

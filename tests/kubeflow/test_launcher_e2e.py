@@ -217,6 +217,11 @@ def test_blessed_model_is_pushed_as_serving_version_1(kfp_run):
   assert pushed.custom_properties["pushed_destination"].string_value == str(version_dir)
   assert (version_dir / "saved_model.pb").is_file()
   assert "penguin" in (kfp_run.serving / "models.config").read_text()
+  # Recorded by KFP (tfx.PushedModel, numbers as doubles), read by promotion.
+  from ckptflow.components import promotion
+  [record] = promotion.served_versions(store, "penguin")
+  assert (record.version, record.artifact_id) == (1, pushed.id)
+  assert promotion.current_labels(store, "penguin") == {"stable": 1}
 
 
 def test_lineage_from_the_pushed_version_reaches_the_registered_checkpoint(kfp_run):
