@@ -68,7 +68,9 @@ class Home:
   """The layout of a home directory: `Home(home, serving_dir=None)`.
 
   `home` is made absolute; `serving_dir` is the serving root asked for
-  (None: HOME/serving), kept as given (made absolute), so that
+  (None: HOME/serving) and `pipeline_dir` the pipeline root (None:
+  HOME/pipeline_root), each a path (made absolute) or a bucket URI
+  (s3://, gs://; kept, see `storage.check_uri`), so that
   `dataclasses.replace(where, home=...)` moves a default serving root along.
   Every other path, `serving_root` included, is derived on construction.
   Nothing is read or created on disk, except by `checkpoint_roots()`, which
@@ -80,6 +82,7 @@ class Home:
 
   home: str
   serving_dir: str | None = None
+  pipeline_dir: str | None = None
   serving_root: str = dataclasses.field(init=False)
   metadata_sqlite: str = dataclasses.field(init=False)
   pipeline_root: str = dataclasses.field(init=False)
@@ -95,20 +98,26 @@ class Home:
     if not isinstance(self.home, (str, os.PathLike)) or not str(self.home):
       raise CkptflowError(f"home {self.home!r} is not valid. Expected a directory path")
     home = os.path.abspath(self.home)
-    serving_dir = os.path.abspath(self.serving_dir) if self.serving_dir else None
+    # A serving root or pipeline root may be a bucket URI (s3://, gs://):
+    # kept as given, joined with '/'; a path is made absolute.
+    serving_dir = storage.check_uri(self.serving_dir, "serving directory") \
+        if self.serving_dir else None
     serving_root = serving_dir or os.path.join(home, SERVING_DIR)
-    pipeline_root = os.path.join(home, PIPELINE_ROOT)
+    pipeline_dir = storage.check_uri(self.pipeline_dir, "pipeline root") \
+        if self.pipeline_dir else None
+    pipeline_root = pipeline_dir or os.path.join(home, PIPELINE_ROOT)
     paths = {
         "home": home,
         "serving_dir": serving_dir,
+        "pipeline_dir": pipeline_dir,
         "serving_root": serving_root,
         "metadata_sqlite": os.path.join(home, METADATA_SQLITE),
         "pipeline_root": pipeline_root,
-        "models_config": os.path.join(serving_root, MODELS_CONFIG),
+        "models_config": storage.join(serving_root, MODELS_CONFIG),
         "report_dir": os.path.join(home, REPORT_DIR),
         "sample_data_dir": os.path.join(home, SAMPLE_DATA_DIR),
         "kubeflow_dir": os.path.join(home, KUBEFLOW_DIR),
-        "export_root": os.path.join(pipeline_root, EXPORT_DIR),
+        "export_root": storage.join(pipeline_root, EXPORT_DIR),
         "lock_file": os.path.join(home, LOCK_NAME),
         "identity_file": os.path.join(home, IDENTITY_NAME),
     }
@@ -118,12 +127,15 @@ class Home:
   @property
   def roots(self) -> tuple[str, ...]:
     """What a command working in this home may delete below: the home,
-    and the serving root (which may lie outside it). The pipeline root is
-    in the home."""
-    return (self.home, self.serving_root)
+    the serving root and the pipeline root (either may lie outside it,
+    e.g. in a bucket)."""
+    return tuple(dict.fromkeys((self.home, self.serving_root, self.pipeline_root)))
 
   def checkpoint_roots(self) -> list[str]:
     """`pipeline_root/<node>/checkpoints` of every node that has one, sorted."""
+    if storage.is_remote(self.pipeline_root):
+      return [path for node in storage.list_names(self.pipeline_root)
+              if storage.exists(path := storage.join(self.pipeline_root, node, CHECKPOINTS_DIR))]
     try:
       nodes = sorted(os.scandir(self.pipeline_root), key=lambda e: e.name)
     except FileNotFoundError:

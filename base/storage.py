@@ -2,8 +2,9 @@
 
 Every write that must survive a crash, every "write, then publish", and
 every inter-process lock in ckptflow goes through this module, so that each
-guarantee is written once. It works on local (POSIX) file systems; object
-storage plugs in here.
+guarantee is written once. The primitives below work on local (POSIX)
+file systems; the URI functions at the end take a local path or a bucket
+URI (s3://, gs://) alike.
 
 * `fsync_file`, `fsync_dir`, `fsync_tree`: make written bytes, and the
   directory entries that name them, durable.
@@ -20,13 +21,24 @@ storage plugs in here.
   path can be created before creating anything; `check_creatable_dir`
   does that check for a directory, `create_dir` then creates it (both fail
   with a one-line `CkptflowError` naming the directory).
+* URIs (local paths and buckets): `check_uri` (the form of a root; an
+  unknown scheme is a one-line `CkptflowError`), `join`, `write_bytes`,
+  `read_bytes`, `exists`, `list_names`, `list_files`, `delete_tree`,
+  `copy_file`, `file_digest`; `commit` / `committed` / `verify_committed`
+  (a prefix is published by a commit marker written last, holding each
+  file's size and sha256: buckets have no rename); `create_if_absent` (a
+  claim: O_EXCL locally, PUT If-None-Match: * on S3); `exit_process`
+  (leave a process that used tensorflow-io's S3 client without its abort
+  at exit).
 * `within_roots`, `check_within_roots`, `remove_tree`, `remove_file`: the
   one guard every delete goes through. A command is given roots (its home,
   pipeline root, serving root); it never deletes, renames or overwrites
   anything outside them, whatever a metadata record says. A refusal is
   logged and raised as `OutsideRootsError`; nothing is deleted.
 
-Imports neither TensorFlow nor TFX.
+Imports neither TensorFlow nor TFX at import time: bucket URIs import
+TensorFlow (and tensorflow-io for s3://) inside the functions that use
+them, so metadata-only commands on local roots never do.
 """
 
 from __future__ import annotations
@@ -34,10 +46,14 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import hashlib
+import json
 import logging
 import os
+import re
 import secrets
 import shutil
+import sys
 from typing import IO, Callable, Iterable, Iterator, Mapping, Union
 
 from ckptflow.base.errors import CkptflowError
@@ -366,6 +382,331 @@ def create_dir(path: str, what: str) -> str:
   return path
 
 
+
+# --- URIs: local paths and buckets -------------------------------------------
+#
+# A "root" (pipeline root, serving directory) is a local path or a bucket
+# URI (s3://bucket/prefix, gs://bucket/prefix). The functions below take
+# either. Buckets go through tf.io.gfile (TensorFlow is imported lazily, only
+# for remote URIs; s3:// also needs tensorflow-io, imported first). Buckets
+# have no rename, no flock and no directories: a prefix is published by a
+# commit marker written last (`commit`), and a claim is a conditional create
+# (`create_if_absent`).
+
+REMOTE_SCHEMES = ("s3", "gs")
+COMMIT_MARKER = "commit_success.json"
+
+_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
+_remote_touched = False
+
+
+def uri_scheme(uri: str) -> str | None:
+  """The URI's scheme ("s3", "gs", ...) in lower case, None for a path."""
+  m = _SCHEME.match(uri)
+  return m.group(1).lower() if m else None
+
+
+def is_remote(uri: str) -> bool:
+  """True for a bucket URI (s3://, gs://)."""
+  return uri_scheme(uri) in REMOTE_SCHEMES
+
+
+def check_uri(uri: str, what: str) -> str:
+  """A root as given by a user, checked for form (nothing is contacted):
+  a local path (returned absolute) or `s3://bucket[/prefix]` /
+  `gs://bucket[/prefix]` (returned without a trailing slash).
+
+  Raises:
+    CkptflowError: an unknown scheme, or a bucket URI without a bucket.
+  """
+  scheme = uri_scheme(uri)
+  if scheme is None:
+    return os.path.abspath(uri)
+  if scheme not in REMOTE_SCHEMES:
+    raise CkptflowError(f"{what} {uri!r} has an unsupported scheme {scheme!r}. Expected a "
+                        "local path, s3://BUCKET/PREFIX or gs://BUCKET/PREFIX")
+  rest = uri[len(scheme) + 3:].strip("/")
+  bucket = rest.split("/", 1)[0]
+  if not re.fullmatch(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]", bucket):
+    raise CkptflowError(f"{what} {uri!r} names no valid bucket ({bucket!r}). Expected "
+                        f"{scheme}://BUCKET/PREFIX with a bucket name of 3-63 lower-case "
+                        "letters, digits, '.' or '-'")
+  return f"{scheme}://{rest}"
+
+
+def join(uri: str, *parts: str) -> str:
+  """`os.path.join` for paths, '/'-joining for bucket URIs."""
+  if is_remote(uri):
+    return "/".join([uri.rstrip("/"), *(p.strip("/") for p in parts)])
+  return os.path.join(uri, *parts)
+
+
+def remote_touched() -> bool:
+  """True once this process has used a bucket through TensorFlow (see
+  `exit_process`)."""
+  return _remote_touched
+
+
+def gfile(uri: str):
+  """`tf.io.gfile`, ready for `uri`'s scheme: for s3://, tensorflow-io is
+  imported and its settings derived from AWS_* (`base.s3`) first, since
+  without it TensorFlow reports s3 paths as not found."""
+  global _remote_touched
+  import tensorflow as tf
+  if uri_scheme(uri) == "s3":
+    from ckptflow.base import s3
+    s3.apply_tensorflow_io_environment(s3.settings())
+    import tensorflow_io  # noqa: F401  registers the s3:// file system
+  if is_remote(uri):
+    _remote_touched = True
+  return tf.io.gfile
+
+
+def prepare(uri: str) -> None:
+  """Makes `uri` usable by TensorFlow in this process (see `gfile`); a
+  no-op for local paths. Call before handing an s3:// URI to TensorFlow
+  code that opens it itself (tf.train.Checkpoint, SavedModel)."""
+  if is_remote(uri):
+    gfile(uri)
+
+
+def exit_process(status: int) -> None:
+  """Ends the process with `status`. After a bucket was used through
+  tensorflow-io, its S3 client aborts the process at interpreter exit
+  (SIGABRT, "pure virtual method called": tensorflow/io#2039); then output
+  is flushed and the process leaves through `os._exit`, skipping the
+  teardown that aborts, so the caller sees the real status."""
+  if not _remote_touched:
+    raise SystemExit(status)
+  import logging
+  logging.shutdown()
+  for stream in (sys.stdout, sys.stderr):
+    with contextlib.suppress(Exception):
+      stream.flush()
+  os._exit(status)
+
+
+def write_bytes(uri: str, data: bytes | str) -> None:
+  """Writes one file or object whole. Local: `atomic_write` (parent
+  directories created as needed, as a bucket needs none). Bucket: one PUT
+  (an object is visible whole or not at all)."""
+  if not is_remote(uri):
+    os.makedirs(os.path.dirname(os.path.abspath(uri)), exist_ok=True)
+    atomic_write(uri, data)
+    return
+  data = data.encode("utf-8") if isinstance(data, str) else data
+  with gfile(uri).GFile(uri, "wb") as f:
+    f.write(data)
+
+
+def read_bytes(uri: str) -> bytes:
+  """Reads one file or object. Raises FileNotFoundError if missing."""
+  if not is_remote(uri):
+    with open(uri, "rb") as f:
+      return f.read()
+  g = gfile(uri)
+  import tensorflow as tf
+  try:
+    with g.GFile(uri, "rb") as f:
+      return f.read()
+  except tf.errors.NotFoundError as e:
+    raise FileNotFoundError(errno.ENOENT, "no such object", uri) from e
+
+
+def exists(uri: str) -> bool:
+  """True if a file, directory, object or non-empty prefix is at `uri`."""
+  if not is_remote(uri):
+    return os.path.lexists(uri)
+  return gfile(uri).exists(uri)
+
+
+def list_names(uri: str) -> list[str]:
+  """The names directly under `uri` (files and sub-directories or
+  prefixes), sorted; [] if nothing is there."""
+  if not is_remote(uri):
+    return sorted(os.listdir(uri)) if os.path.isdir(uri) else []
+  g = gfile(uri)
+  if not g.isdir(uri):
+    return []
+  return sorted(name.rstrip("/") for name in g.listdir(uri))
+
+
+def list_files(uri: str) -> list[str]:
+  """Every file under `uri`, as paths relative to it ('/'-separated),
+  sorted; [] if nothing is there."""
+  if not is_remote(uri):
+    found = []
+    for dirpath, _, filenames in os.walk(uri):
+      rel = os.path.relpath(dirpath, uri)
+      found += [name if rel == "." else f"{rel}/{name}".replace(os.sep, "/")
+                for name in filenames]
+    return sorted(found)
+  g = gfile(uri)
+  if not g.isdir(uri):
+    return []
+  found = []
+  for dirpath, _, filenames in g.walk(uri):
+    rel = dirpath[len(uri):].strip("/")
+    found += [f"{rel}/{name}" if rel else name for name in filenames]
+  return sorted(found)
+
+
+def delete_tree(uri: str) -> None:
+  """Removes `uri` and everything under it; nothing there is not an
+  error. On a bucket, objects go one by one: a reader may see some gone.
+  Unguarded: callers that delete what a record or a listing names use
+  `remove_tree`, which checks the command's roots first."""
+  if not is_remote(uri):
+    if os.path.isdir(uri) and not os.path.islink(uri):
+      shutil.rmtree(uri)
+    elif os.path.lexists(uri):
+      os.unlink(uri)
+    return
+  g = gfile(uri)
+  if g.isdir(uri):
+    g.rmtree(uri)
+  elif g.exists(uri):
+    g.remove(uri)
+
+
+def copy_file(src: str, dst: str) -> None:
+  """Copies one file between any two locations (local or bucket),
+  replacing `dst`; a local `dst` is fsynced."""
+  if not is_remote(src) and not is_remote(dst):
+    os.makedirs(os.path.dirname(os.path.abspath(dst)), exist_ok=True)
+    shutil.copyfile(src, dst)
+    fsync_file(dst)
+    return
+  g = gfile(dst if is_remote(dst) else src)
+  if not is_remote(dst):
+    os.makedirs(os.path.dirname(os.path.abspath(dst)), exist_ok=True)
+  g.copy(src, dst, overwrite=True)
+
+
+def file_digest(uri: str) -> tuple[int, str]:
+  """(size in bytes, sha256 hex) of one file or object.
+
+  Raises:
+    FileNotFoundError: there is none.
+  """
+  sha = hashlib.sha256()
+  size = 0
+  if not is_remote(uri):
+    with open(uri, "rb") as f:
+      while chunk := f.read(1 << 20):
+        sha.update(chunk)
+        size += len(chunk)
+    return size, sha.hexdigest()
+  g = gfile(uri)
+  import tensorflow as tf
+  try:
+    with g.GFile(uri, "rb") as f:
+      while chunk := f.read(1 << 20):
+        sha.update(chunk)
+        size += len(chunk)
+  except tf.errors.NotFoundError as e:
+    raise FileNotFoundError(errno.ENOENT, "no such object", uri) from e
+  return size, sha.hexdigest()
+
+
+def age_seconds(uri: str) -> float:
+  """Seconds since the newest file under `uri` (or `uri` itself) was
+  last modified; infinity if there is none."""
+  import time
+  if not is_remote(uri):
+    paths = [uri] if os.path.isfile(uri) else [join(uri, rel) for rel in list_files(uri)]
+    mtimes = [os.stat(p).st_mtime for p in paths if os.path.exists(p)]
+  else:
+    g = gfile(uri)
+    paths = [join(uri, rel) for rel in list_files(uri)] or ([uri] if g.exists(uri) else [])
+    mtimes = [g.stat(p).mtime_nsec / 1e9 for p in paths]
+  return time.time() - max(mtimes) if mtimes else float("inf")
+
+
+def commit(prefix: str) -> dict[str, dict]:
+  """Publishes the files under `prefix` by writing its commit marker,
+  `COMMIT_MARKER`, last: a JSON object mapping each file (relative path)
+  to its size and sha256. Returns that mapping.
+
+  The pattern of Orbax's `commit_success.txt`: on a bucket, where there is
+  no rename, files are written under their final names and the marker
+  makes the prefix complete; a prefix without its marker is unfinished and
+  is never registered, restored, exported or served (`committed`).
+  """
+  files = {}
+  for rel in list_files(prefix):
+    if rel == COMMIT_MARKER:
+      continue
+    size, sha = file_digest(join(prefix, rel))
+    files[rel] = {"size": size, "sha256": sha}
+  if not files:
+    raise FileNotFoundError(errno.ENOENT, "nothing to commit", prefix)
+  write_bytes(join(prefix, COMMIT_MARKER),
+              json.dumps({"files": files}, indent=1, sort_keys=True) + "\n")
+  return files
+
+
+def committed(prefix: str) -> dict[str, dict] | None:
+  """The files `prefix`'s commit marker lists (see `commit`), or None if
+  it has no marker (unfinished: never use it)."""
+  try:
+    data = read_bytes(join(prefix, COMMIT_MARKER))
+  except FileNotFoundError:
+    return None
+  return json.loads(data)["files"]
+
+
+def verify_committed(prefix: str) -> list[str]:
+  """What is wrong with the committed prefix `prefix`: [] if its marker
+  exists and every file it lists is there with its recorded size and
+  sha256; else one line per problem."""
+  files = committed(prefix)
+  if files is None:
+    return [f"{prefix}: no commit marker"]
+  problems = []
+  for rel, want in sorted(files.items()):
+    path = join(prefix, rel)
+    try:
+      size, sha = file_digest(path)
+    except (FileNotFoundError, OSError):
+      problems.append(f"{path}: missing")
+      continue
+    if (size, sha) != (want["size"], want["sha256"]):
+      problems.append(f"{path}: content differs from its commit marker")
+  return problems
+
+
+def create_if_absent(uri: str, data: bytes | str) -> bool:
+  """Creates the file or object `uri` holding `data` unless it exists;
+  True if this call created it. Two concurrent callers never both get
+  True: locally O_CREAT|O_EXCL, on S3 a PUT with If-None-Match: * (HTTP
+  412 when it exists). Used to claim a name (a served version) without a
+  lock.
+
+  Raises:
+    OSError: it cannot be created (other than because it exists).
+  """
+  data = data.encode("utf-8") if isinstance(data, str) else data
+  scheme = uri_scheme(uri)
+  if scheme is None:
+    os.makedirs(os.path.dirname(os.path.abspath(uri)), exist_ok=True)
+    try:
+      fd = os.open(uri, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+    except FileExistsError:
+      return False
+    try:
+      os.write(fd, data)
+      os.fsync(fd)
+    finally:
+      os.close(fd)
+    fsync_dir(os.path.dirname(os.path.abspath(uri)))
+    return True
+  if scheme == "s3":
+    from ckptflow.base import s3
+    return s3.create_if_absent(uri, data)
+  raise OSError(errno.ENOTSUP, f"no conditional create for {scheme}:// here", uri)
+
+
 # --- roots: the only places a command may delete ------------------------------
 
 
@@ -428,14 +769,26 @@ def check_within_roots(uri: str, roots: Iterable[str], *, action: str = "delete"
 
 
 def remove_tree(path: str, roots: Iterable[str], *, missing_ok: bool = True) -> None:
-  """Deletes the directory tree `path`, which must lie below one of `roots`
-  (`check_within_roots`; outside, nothing is deleted).
+  """Deletes the directory tree `path` (a local path or a bucket prefix),
+  which must lie below one of `roots` (`check_within_roots`; outside,
+  nothing is deleted).
 
   Raises:
     OutsideRootsError: `path` is outside `roots`.
     OSError: it cannot be deleted (or is missing and not `missing_ok`).
   """
   check_within_roots(path, roots)
+  if is_remote(path):
+    if not exists(path):
+      if missing_ok:
+        return
+      raise FileNotFoundError(errno.ENOENT, "no such prefix", path)
+    # Its commit marker first: a removal cut short leaves an unfinished
+    # prefix (found and removed again later), never a committed one with
+    # files missing.
+    delete_tree(join(path, COMMIT_MARKER))
+    delete_tree(path)
+    return
   if not os.path.lexists(path):
     if missing_ok:
       return
@@ -453,11 +806,18 @@ def remove_file(path: str, roots: Iterable[str]) -> None:
     OutsideRootsError: `path` is outside `roots`.
   """
   check_within_roots(path, roots)
+  if is_remote(path):
+    delete_tree(path)
+    return
   with contextlib.suppress(FileNotFoundError):
     os.unlink(path)
 
 
 __all__ = [
+    "COMMIT_MARKER", "REMOTE_SCHEMES", "age_seconds", "check_uri", "commit", "committed",
+    "copy_file", "create_if_absent", "delete_tree", "exists", "exit_process", "file_digest",
+    "gfile", "is_remote", "join", "list_files", "list_names", "prepare", "read_bytes",
+    "remote_touched", "uri_scheme", "verify_committed", "write_bytes",
     "Content", "NotDurableError", "OutsideRootsError", "atomic_write", "atomic_write_all", "check_creatable_dir",
     "create_dir",
     "file_lock",

@@ -85,6 +85,13 @@ CONFIG_FLAGS: tuple[ConfigFlag, ...] = (
                "worker processes for --distribution multi_worker"),
     ConfigFlag("--async-checkpoint", "training", "async_checkpoint",
                "write checkpoints in the background", kind="true", commands=(RUN,)),
+    ConfigFlag("--pipeline-root", "run", "pipeline_root",
+               "where TFX artifacts, checkpoints and exports go: a directory or "
+               "s3://BUCKET/PREFIX, gs://BUCKET/PREFIX (default: HOME/pipeline_root)",
+               commands=(RUN,), metavar="URI"),
+    ConfigFlag("--serving-dir", "serving", "serving_dir",
+               "TF Serving root: a directory or s3://BUCKET/PREFIX, gs://BUCKET/PREFIX "
+               "(default: HOME/serving)", commands=(RUN,), metavar="URI"),
     ConfigFlag("--orchestrator", "run", "orchestrator",
                "TFX LocalDagRunner (default) or BeamDagRunner", commands=(RUN,),
                choices=("local", "beam")),

@@ -20,6 +20,7 @@ import os
 import shlex
 import signal
 import sys
+import traceback
 import warnings
 from typing import Callable, Sequence
 
@@ -27,7 +28,7 @@ os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")  # before TensorFlow loads
 
 from ckptflow.cli import flags  # noqa: E402
 from ckptflow.pipeline.config import PipelineConfig, default_home  # noqa: E402
-from ckptflow.base import errors  # noqa: E402
+from ckptflow.base import errors, storage  # noqa: E402
 from ckptflow.base.errors import CkptflowError  # noqa: E402
 from ckptflow.base.home import Home, shared_lock  # noqa: E402
 
@@ -687,20 +688,29 @@ def main(argv: Sequence[str] | None = None) -> int:
   try:
     status = handler(args)
     sys.stdout.flush()  # a closed pipe shows here, not at interpreter exit
-    return status
   except BrokenPipeError:
     # The reader of stdout went away (`ckptflow checkpoints --json | head`):
     # stop quietly with SIGPIPE's status, as `cat` does; stdout is pointed at
     # /dev/null so the interpreter's final flush cannot fail again.
     os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-    return 128 + signal.SIGPIPE
+    status = 128 + signal.SIGPIPE
   except CkptflowError as e:
     message = " ".join(str(e).split())
     print(f"ckptflow: error: {message}", file=sys.stderr)
-    return e.exit_code
+    status = e.exit_code
   except KeyboardInterrupt:
     print("ckptflow: error: interrupted by SIGINT", file=sys.stderr)
-    return 128 + signal.SIGINT
+    status = 128 + signal.SIGINT
+  except Exception:
+    if not storage.remote_touched():
+      raise
+    traceback.print_exc()
+    status = 1
+  if storage.remote_touched():
+    # tensorflow-io's S3 client aborts the interpreter's exit (SIGABRT):
+    # leave with the real status instead.
+    storage.exit_process(status)
+  return status
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ from typing import Iterable, Mapping, Sequence
 from ml_metadata import errors as mlmd_errors
 from ml_metadata.proto import metadata_store_pb2
 
-from ckptflow.base import mlmd
+from ckptflow.base import mlmd, storage
 from ckptflow.base.metadata import Store
 
 CHECKPOINT_TYPE_NAME = "Checkpoint"
@@ -54,9 +54,23 @@ STATE_NAMES = {_LIVE: "LIVE", _DELETED: "DELETED", _ABANDONED: "ABANDONED"}
 def directory_digest(directory: str) -> tuple[int, str]:
   """(total size in bytes, sha256 over file names and contents) of a
   checkpoint directory: what a Checkpoint's `size_bytes` and `checksum`
-  record. Subdirectories are not part of a checkpoint and are skipped."""
+  record. Subdirectories are not part of a checkpoint and are skipped; so
+  is a bucket prefix's commit marker (`storage.COMMIT_MARKER`), so that the
+  same checkpoint has the same digest on disk and in a bucket."""
   sha = hashlib.sha256()
   size = 0
+  if storage.is_remote(directory):
+    g = storage.gfile(directory)
+    for name in storage.list_names(directory):
+      path = storage.join(directory, name)
+      if name == storage.COMMIT_MARKER or g.isdir(path):
+        continue
+      sha.update(name.encode() + b"\0")
+      with g.GFile(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+          sha.update(chunk)
+          size += len(chunk)
+    return size, sha.hexdigest()
   for name in sorted(os.listdir(directory)):
     path = os.path.join(directory, name)
     if not os.path.isfile(path):

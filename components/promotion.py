@@ -57,7 +57,7 @@ from ckptflow.components.pusher import serving
 from ckptflow.components.pusher.serving import ServedVersion
 from ckptflow.base.errors import MetadataError, ServingError
 from ckptflow.base.faults import fault_point
-from ckptflow.base import mlmd
+from ckptflow.base import mlmd, storage
 from ckptflow.base.metadata import Store
 from ckptflow.base.names import validate_model_name
 
@@ -356,7 +356,9 @@ def record_push(store: Store, *, model_artifact_id: int,
   if label:
     serving.validate_label(label)
   expected = serving.version_path(serving_root, served.model_name, served.version)
-  if os.path.abspath(served.path) != expected or not os.path.isdir(expected):
+  given = served.path if storage.is_remote(served.path) else os.path.abspath(served.path)
+  if given != expected or not serving.version_exists(serving_root, served.model_name,
+                                                       served.version):
     raise ServingError(f"served version path {served.path!r} is not a version "
                        f"directory of serving root {serving_root!r}. Expected "
                        f"{expected!r}")
@@ -568,7 +570,7 @@ def set_label(store: Store, model_name: str, label: str,
   """
   serving.validate_label(label)
   record = served_version(store, model_name, version)
-  if not os.path.isdir(record.path):
+  if not _path_published(record.path):
     raise ServingError(f"version {version} of {model_name!r} is recorded but its "
                        f"directory {record.path!r} is gone. Expected a served "
                        "version that still exists")
@@ -645,8 +647,7 @@ def _rollback_target(store, serving_root: str, model_name: str,
   served = {r.version for r in served_versions(store, model_name)}
 
   def usable(version: int) -> bool:
-    return version in served and os.path.isdir(
-        serving.version_path(serving_root, model_name, version))
+    return version in served and serving.version_exists(serving_root, model_name, version)
 
   if to_version is None:
     stack = _stable_stack(label_history(store, model_name, STABLE))
@@ -714,12 +715,11 @@ def serving_states(store: Store, serving_root: str, *,
   for record in all_served_versions(store):
     if record.version in excluded.get(record.model_name, ()):
       continue
-    if os.path.isdir(serving.version_path(serving_root, record.model_name,
-                                          record.version)):
+    if serving.version_exists(serving_root, record.model_name, record.version):
       by_model.setdefault(record.model_name, set()).add(record.version)
   if pending is not None:
     path = serving.version_path(serving_root, pending.model_name, pending.version)
-    if not os.path.isdir(path):
+    if not serving.version_exists(serving_root, pending.model_name, pending.version):
       raise ServingError(f"pending version {pending.path!r} is not a version "
                          f"directory of {serving_root!r}. Expected {path!r}")
     by_model.setdefault(pending.model_name, set()).add(pending.version)
@@ -759,7 +759,28 @@ def sync_models_config(store: Store, serving_root: str, *,
     states = serving_states(store, serving_root, pending=pending,
                             pending_label=pending_label, exclude=exclude)
     serving.write_models_config(serving_root, states)
+  if storage.is_remote(serving_root):
+    # No lock on a bucket: a concurrent sync may have written an older state
+    # after ours. Re-derive and rewrite until what MLMD says is what was
+    # written; the last sync to finish writes every version recorded before.
+    for _ in range(_REMOTE_SYNC_ROUNDS):
+      again = serving_states(store, serving_root, pending=pending,
+                             pending_label=pending_label)
+      if again == states and serving.read_models_config(serving_root) == states:
+        break
+      states = again
+      serving.write_models_config(serving_root, states)
   return states
+
+
+_REMOTE_SYNC_ROUNDS = 5
+
+
+def _path_published(path: str) -> bool:
+  """A served version's directory exists (on a bucket: is committed)."""
+  if storage.is_remote(path):
+    return storage.committed(path) is not None
+  return os.path.isdir(path)
 
 
 def promote(store: Store, *, saved_model_dir: str,

@@ -13,7 +13,9 @@ The data location is the runtime parameter `data_root` (default: the
 config's data directory, if any) and the pipeline root is chosen per run
 (`ckptflow submit --pipeline-root`, KFP's default otherwise), so one
 compiled spec serves many runs. Every task runs `image` (built from
-`kubeflow/Dockerfile`), with the `--env` variables given. The Trainer task
+`kubeflow/Dockerfile`), with the `--env` variables given, through
+`python -m ckptflow.components.kubeflow.entry` (TFX's task entry point,
+ready for s3:// pipeline roots, exiting with the executor's real status). The Trainer task
 has a retry policy: KFP retries a failed (preempted) Trainer pod, which
 resumes from the run's last registered checkpoint. Both files are written to a temporary name and
 renamed (`storage.atomic_write_all`), so a failed compile leaves no half-written spec.
@@ -49,6 +51,8 @@ DEFAULT_TRAINER_RETRIES = 3
 _ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 KUBEFLOW_TARGETS = ("kubeflow", "vertex")
 JSON_NAME = "pipeline.json"
+TFX_TASK_ENTRY = "tfx.orchestration.kubeflow.v2.container.kubeflow_v2_run_executor"
+CKPTFLOW_TASK_ENTRY = "ckptflow.components.kubeflow.entry"
 YAML_NAME = "pipeline.yaml"
 
 # registry[:port]/path[:tag][@sha256:digest], lower-case path components
@@ -165,6 +169,9 @@ def build_job(config: PipelineConfig, *, image: str, target: str = "kubeflow",
   if target not in KUBEFLOW_TARGETS:
     raise CompileError(f"target {target!r} is unknown. Expected one of "
                        f"{', '.join(KUBEFLOW_TARGETS)}")
+  if pipeline_root and storage.uri_scheme(pipeline_root) is not None:
+    # s3://, gs:// (checked for form only: the bucket is the cluster's).
+    pipeline_root = storage.check_uri(pipeline_root, "pipeline root")
   if feature_keys is None:
     feature_keys = config.data.resolved_features()
   data_default = os.path.abspath(config.data.path) if config.data.path else ""
@@ -190,6 +197,12 @@ def build_job(config: PipelineConfig, *, image: str, target: str = "kubeflow",
   if trainer_retries:
     job["pipelineSpec"]["root"]["dag"]["tasks"][TRAINER_TASK]["retryPolicy"] = (
         _retry_policy(trainer_retries))
+  for executor in job["pipelineSpec"]["deploymentSpec"]["executors"].values():
+    # TFX's task entry point, wrapped: tensorflow-io for s3:// roots, and
+    # the executor's real exit status (components/kubeflow/entry.py).
+    container = executor.get("container", {})
+    if container.get("command") == ["python", "-m", TFX_TASK_ENTRY]:
+      container["command"] = ["python", "-m", CKPTFLOW_TASK_ENTRY]
   if env:
     for executor in job["pipelineSpec"]["deploymentSpec"]["executors"].values():
       if "container" in executor:

@@ -65,6 +65,16 @@ never taken for debris.
 Where it looks is a `base.home.Home`: the home, its pipeline root (and the
 checkpoint roots in it) and its serving root.
 
+Roots in a bucket (s3://, gs://): checkpoints, exports and versions there
+are published by a commit marker (`storage.commit`), not a rename; a step
+or version prefix without one is an unfinished write, reported as
+`checkpoint-staging` / `push-staging` once it is older than the grace
+period (CKPTFLOW_UNCOMMITTED_GRACE_S, default 3600 s: a writer in another
+pod may still be at work, and pods share no lock). Checkpoint roots in a
+bucket are found from the store (the Trainer's Checkpoint and Model
+artifacts), since the home does not name them. Versions there are removed
+by deleting their commit marker first (no rename).
+
 Imports neither TensorFlow nor TFX.
 """
 
@@ -99,6 +109,31 @@ CHECKPOINT_STAGING_SUFFIX = ".staging"
 EXPORT_PREFIX = "export-"
 
 _UNPUBLISH_PREFIX = ".unrecorded-"
+
+UNCOMMITTED_GRACE_ENV = "CKPTFLOW_UNCOMMITTED_GRACE_S"
+DEFAULT_UNCOMMITTED_GRACE_S = 3600.0
+
+
+def uncommitted_grace() -> float:
+  """Seconds an uncommitted bucket prefix is left alone (see the module
+  docstring)."""
+  raw = os.environ.get(UNCOMMITTED_GRACE_ENV, "").strip()
+  if not raw:
+    return DEFAULT_UNCOMMITTED_GRACE_S
+  try:
+    value = float(raw)
+  except ValueError:
+    value = -1.0
+  if value < 0:
+    raise CkptflowError(f"{UNCOMMITTED_GRACE_ENV} is {raw!r}. Expected a number of "
+                        "seconds >= 0")
+  return value
+
+
+def _stale(prefix: str) -> bool:
+  """An uncommitted bucket prefix whose newest object is older than the
+  grace period."""
+  return storage.age_seconds(prefix) >= uncommitted_grace()
 
 KINDS = ("checkpoint-staging", "checkpoint-orphan", "checkpoint-pruned",
          "checkpoint-missing", "checkpoint-corrupt", "export-staging",
@@ -152,6 +187,13 @@ def _checkpoint_dirs(roots: Iterable[str]) -> tuple[list[str], list[str]]:
   """(step-N directories, .staging directories) under the checkpoint roots."""
   finals, staging = [], []
   for root in roots:
+    if storage.is_remote(root):
+      for prefix in _remote_step_prefixes(root):
+        if storage.committed(prefix) is not None:
+          finals.append(prefix)
+        elif _stale(prefix):
+          staging.append(prefix)
+      continue
     for dirpath, dirnames, _ in os.walk(root):
       for name in sorted(dirnames):
         path = os.path.join(dirpath, name)
@@ -165,19 +207,65 @@ def _checkpoint_dirs(roots: Iterable[str]) -> tuple[list[str], list[str]]:
   return sorted(finals), sorted(staging)
 
 
+def _remote_step_prefixes(root: str) -> list[str]:
+  """The `step-N` prefixes at any depth under the bucket root `root`."""
+  found: list[str] = []
+  for rel in storage.list_files(root):
+    parts = rel.split("/")
+    for depth, part in enumerate(parts[:-1]):
+      if CHECKPOINT_DIR_RE.fullmatch(part):
+        prefix = storage.join(root, *parts[:depth + 1])
+        if not found or found[-1] != prefix:
+          found.append(prefix)
+        break
+  return sorted(set(found))
+
+
+def remote_checkpoint_roots(store, where: Home) -> list[str]:
+  """Checkpoint roots in a bucket: those of `where`'s pipeline root if it
+  is one, and `<pipeline root>/<node>/checkpoints` of every Trainer
+  artifact (Checkpoint, Model) the store holds in a bucket."""
+  roots = set(where.checkpoint_roots()) if storage.is_remote(where.pipeline_root) else set()
+  for record in ckpt_records.list_checkpoints(store):
+    if storage.is_remote(record.uri) and "/checkpoints/" in record.uri:
+      roots.add(record.uri.split("/checkpoints/", 1)[0] + "/checkpoints")
+  for model in store.get_artifacts_by_type("Model"):
+    parts = model.uri.rstrip("/").rsplit("/", 2)
+    if storage.is_remote(model.uri) and len(parts) == 3 and parts[1] == "model":
+      node_dir = parts[0]
+      if storage.exists(candidate := storage.join(node_dir, "checkpoints")):
+        roots.add(candidate)
+  return sorted(roots)
+
+
+def _in_scope(uri: str, where: Home) -> bool:
+  """A checkpoint doctor checks for `where`: under the home, or in a bucket."""
+  return storage.is_remote(uri) or _under(uri, where.home)
+
+
+def _checkpoint_exists(uri: str) -> bool:
+  if storage.is_remote(uri):
+    return storage.committed(uri) is not None
+  return os.path.isdir(uri)
+
+
 def _check_checkpoints(store, where: Home, verify_checksums: bool) -> list[Finding]:
   findings = []
-  records = [r for r in ckpt_records.list_checkpoints(store) if _under(r.uri, where.home)]
+  records = [r for r in ckpt_records.list_checkpoints(store) if _in_scope(r.uri, where)]
   by_uri: dict[str, list[ckpt_records.CheckpointRecord]] = {}
   for record in records:
-    by_uri.setdefault(os.path.realpath(record.uri), []).append(record)
-  finals, staging = _checkpoint_dirs(where.checkpoint_roots())
+    key = record.uri if storage.is_remote(record.uri) else os.path.realpath(record.uri)
+    by_uri.setdefault(key, []).append(record)
+  local_roots = [] if storage.is_remote(where.pipeline_root) else where.checkpoint_roots()
+  finals, staging = _checkpoint_dirs(local_roots + remote_checkpoint_roots(store, where))
   for path in staging:
     findings.append(Finding(
         "checkpoint-staging", path, "unfinished checkpoint write (its writer died)",
         "deleted"))
   for path in finals:
-    owners = by_uri.get(os.path.realpath(path), [])
+    owners = by_uri.get(path if storage.is_remote(path) else os.path.realpath(path), [])
+    if not owners and storage.is_remote(path) and not _stale(path):
+      continue  # committed, maybe registering right now in another pod
     if not owners:
       findings.append(Finding(
           "checkpoint-orphan", path, "checkpoint directory has no Checkpoint "
@@ -189,7 +277,7 @@ def _check_checkpoints(store, where: Home, verify_checksums: bool) -> list[Findi
   for record in records:
     if not record.live:
       continue
-    if not os.path.isdir(record.uri):
+    if not _checkpoint_exists(record.uri):
       findings.append(Finding(
           "checkpoint-missing", f"checkpoint {record.id}",
           f"LIVE, but its directory {record.uri!r} is gone",
@@ -208,6 +296,8 @@ def _check_checkpoints(store, where: Home, verify_checksums: bool) -> list[Findi
 def _check_exports(store, where: Home) -> list[Finding]:
   root = where.export_root
   exports = []
+  if storage.is_remote(root):
+    return []  # `ckptflow export` writes to local roots only
   with contextlib.suppress(FileNotFoundError):
     for checkpoint_dir in sorted(os.scandir(root), key=lambda e: e.name):
       if not checkpoint_dir.is_dir():
@@ -232,6 +322,10 @@ def _check_exports(store, where: Home) -> list[Finding]:
 
 
 def _model_names(serving_root: str) -> list[str]:
+  if storage.is_remote(serving_root):
+    return [names.ModelName(n) for n in storage.list_names(serving_root)
+            if not n.startswith(".") and names.model_name_problem(n) is None
+            and n != serving.MODELS_CONFIG]
   try:
     entries = sorted(os.scandir(serving_root), key=lambda e: e.name)
   except FileNotFoundError:
@@ -262,7 +356,7 @@ def _check_serving(store, where: Home) -> list[Finding]:
   for record in records:
     if states.get(record.artifact_id) == metadata_store_pb2.Artifact.DELETED:
       continue
-    if not os.path.isdir(record.path):
+    if not _version_exists(record.path):
       findings.append(Finding(
           "version-missing", record.path,
           f"version {record.version} of {record.model_name!r} is recorded "
@@ -277,6 +371,11 @@ def _check_serving(store, where: Home) -> list[Finding]:
             "(its push died before recording it)",
             "unlisted from models.config and deleted"))
     for path in serving.stale_staging_dirs(root, model_name):
+      if storage.is_remote(path):
+        if _stale(path):
+          findings.append(Finding("push-staging", path, "version without a commit "
+                                  "marker: a push that died mid-copy", "deleted"))
+        continue
       findings.append(Finding("push-staging", path,
                               "staging directory of a push that died", "deleted"))
   findings.extend(_check_models_config(store, root))
@@ -286,8 +385,9 @@ def _check_serving(store, where: Home) -> list[Finding]:
 def _check_models_config(store, root: str) -> list[Finding]:
   findings = []
   config_path = serving.models_config_path(root)
-  with contextlib.suppress(FileNotFoundError):
-    for entry in sorted(os.scandir(root), key=lambda e: e.name):
+  with contextlib.suppress(FileNotFoundError, NotADirectoryError):
+    for entry in ([] if storage.is_remote(root) else sorted(os.scandir(root),
+                                                             key=lambda e: e.name)):
       if entry.name.startswith(serving.MODELS_CONFIG_TMP_PREFIX):
         findings.append(Finding(
             "models-config", entry.path,
@@ -330,23 +430,39 @@ def check(store: Store, where: Home, *,
 # --- repairs -----------------------------------------------------------------
 
 
-def _remove_tree(path: str, where: Home) -> None:
+def _version_exists(path: str) -> bool:
+  if storage.is_remote(path):
+    return storage.committed(path) is not None
+  return os.path.isdir(path)
+
+
+def _delete_roots(store, where: Home) -> tuple[str, ...]:
+  """Where repairs may delete: the home's roots, and the bucket checkpoint
+  roots the store names (`remote_checkpoint_roots`)."""
+  return tuple(where.roots) + tuple(remote_checkpoint_roots(store, where))
+
+
+def _remove_tree(path: str, roots: Sequence[str]) -> None:
+  # On a bucket `remove_tree` deletes the commit marker first.
   try:
-    storage.remove_tree(path, where.roots)
+    storage.remove_tree(path, roots)
   except storage.OutsideRootsError:
     raise
   except OSError as e:
     raise CkptflowError(f"cannot delete {path!r}: {e.strerror or e}") from e
 
 
-def _unpublish_version(path: str, where: Home) -> None:
-  storage.check_within_roots(path, where.roots, action="unpublish")
+def _unpublish_version(path: str, roots: Sequence[str]) -> None:
+  storage.check_within_roots(path, roots, action="unpublish")
+  if storage.is_remote(path):
+    _remove_tree(path, roots)  # its marker first: unlisted in one step
+    return
   # Rename to a non-numeric name first: TF Serving (and our version
   # listing) stop seeing the version in one step, whatever happens next.
   hidden = os.path.join(os.path.dirname(path),
                         f"{_UNPUBLISH_PREFIX}{os.path.basename(path)}-{os.getpid()}")
   storage.publish_dir(path, hidden)
-  _remove_tree(hidden, where)
+  _remove_tree(hidden, roots)
 
 
 def _mark_deleted(store, artifact_id: int, reason: str) -> None:
@@ -357,10 +473,11 @@ def _mark_deleted(store, artifact_id: int, reason: str) -> None:
 
 
 def _apply(store, where: Home, finding: Finding) -> None:
+  roots = _delete_roots(store, where)
   kind = finding.kind
   if kind in ("checkpoint-staging", "checkpoint-orphan", "checkpoint-pruned",
               "export-staging", "export-orphan", "push-staging"):
-    _remove_tree(finding.subject, where)
+    _remove_tree(finding.subject, roots)
   elif kind == "checkpoint-missing":
     ckpt_records.set_states(store, [finding.artifact_id],
                             metadata_store_pb2.Artifact.DELETED,
@@ -373,11 +490,11 @@ def _apply(store, where: Home, finding: Finding) -> None:
     _mark_deleted(store, finding.artifact_id, "doctor: version directory missing")
   elif kind == "models-config":
     if os.path.basename(finding.subject).startswith(serving.MODELS_CONFIG_TMP_PREFIX):
-      storage.remove_file(finding.subject, where.roots)
+      storage.remove_file(finding.subject, roots)
     else:
       promotion.sync_models_config(store, where.serving_root)
   elif kind == "version-unrecorded":
-    _unpublish_version(finding.subject, where)
+    _unpublish_version(finding.subject, roots)
   else:
     raise AssertionError(f"unknown finding kind {kind!r}")
 

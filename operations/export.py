@@ -384,7 +384,11 @@ def rebuild_model(store: Store, record: CheckpointRecord,
                  "settings fingerprint %s… now", record.id, record.fingerprint[:12],
                  settings.module, fingerprint[:12])
 
+  # Artifacts in a bucket: tensorflow-io and its S3 settings before
+  # TensorFlow opens them.
+  storage.prepare(record.uri)
   if training.schema is not None:
+    storage.prepare(training.schema.uri)
     feature_dtypes, _ = read_feature_dtypes(training.schema.uri, settings)
   elif training.model is not None and mlmd.properties(training.model).get("feature_dtypes"):
     recorded = json.loads(mlmd.properties(training.model)["feature_dtypes"])

@@ -19,8 +19,8 @@ import tomllib
 import typing
 from typing import Any, Mapping
 
-from ckptflow.base import names
-from ckptflow.base.errors import ConfigError, DataError
+from ckptflow.base import names, storage
+from ckptflow.base.errors import CkptflowError, ConfigError, DataError
 from ckptflow.base.home import Home
 
 DEFAULT_HOME_ENV = "CKPTFLOW_HOME"
@@ -235,11 +235,12 @@ class ServingConfig:
   """Where pushes go. `model_name` is held as a `names.ModelName`."""
 
   model_name: str = "penguin"
-  serving_dir: str = ""  # empty: HOME/serving
+  serving_dir: str = ""  # empty: HOME/serving; a path, s3://... or gs://...
 
   def __post_init__(self):
     if names.model_name_problem(self.model_name) is not None:
       _fail("serving.model_name", self.model_name, names.MODEL_NAME_EXPECTED)
+    _check_root("serving.serving_dir", self.serving_dir, "serving directory")
     object.__setattr__(self, "model_name", names.ModelName(self.model_name))
 
 
@@ -250,6 +251,7 @@ class RunConfig:
   home: str = dataclasses.field(default_factory=default_home)
   pipeline_name: str = "ckptflow"
   metadata: str = ""  # empty: HOME/metadata.sqlite
+  pipeline_root: str = ""  # empty: HOME/pipeline_root; a path, s3://... or gs://...
   orchestrator: str = "local"
   beam_args: tuple[str, ...] = ("--direct_running_mode=in_memory", "--direct_num_workers=1")
   enable_cache: bool = True
@@ -257,6 +259,7 @@ class RunConfig:
   def __post_init__(self):
     if not isinstance(self.home, str) or not self.home:
       _fail("run.home", self.home, "a directory path")
+    _check_root("run.pipeline_root", self.pipeline_root, "pipeline root")
     if self.orchestrator not in ("local", "beam"):
       _fail("run.orchestrator", self.orchestrator, "'local' or 'beam'")
     import re
@@ -264,6 +267,18 @@ class RunConfig:
       _fail("run.pipeline_name", self.pipeline_name, "letters, digits, '_' and '-'")
     if any(not isinstance(a, str) or not a.startswith("--") for a in self.beam_args):
       _fail("run.beam_args", self.beam_args, "Beam flags such as --direct_num_workers=2")
+
+
+def _check_root(field: str, value: Any, what: str) -> None:
+  """A root field: empty (the default under the home), a path, or a
+  bucket URI of a supported scheme."""
+  if not isinstance(value, str):
+    _fail(field, value, "a directory path, s3://BUCKET/PREFIX or gs://BUCKET/PREFIX")
+  if value:
+    try:
+      storage.check_uri(value, what)
+    except CkptflowError as e:
+      raise ConfigError(f"config: {field}: {e}") from e
 
 
 _SECTIONS = {
@@ -285,11 +300,13 @@ class PipelineConfig:
   serving: ServingConfig = dataclasses.field(default_factory=ServingConfig)
   run: RunConfig = dataclasses.field(default_factory=RunConfig)
 
-  # Paths a run derives from `run.home` and `serving.serving_dir`.
+  # Paths a run derives from `run.home`, `run.pipeline_root` and
+  # `serving.serving_dir`.
   @property
   def home_layout(self) -> Home:
     """The run's home (`base.home.Home`): every path in it, absolute."""
-    return Home(self.run.home, self.serving.serving_dir or None)
+    return Home(self.run.home, self.serving.serving_dir or None,
+                self.run.pipeline_root or None)
 
   @property
   def home(self) -> str:

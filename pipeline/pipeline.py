@@ -17,7 +17,7 @@ from tfx.types import standard_artifacts
 from ckptflow.components.evaluator.component import Evaluator
 from ckptflow.components.pusher.component import Pusher
 from ckptflow.components.trainer.component import CheckpointingTrainer
-from ckptflow.base import metadata
+from ckptflow.base import metadata, storage
 from ckptflow.pipeline.config import PipelineConfig
 
 EXAMPLE_GEN_SPLITS = ("train", "eval")
@@ -54,7 +54,8 @@ def create_pipeline(config: PipelineConfig, *, feature_keys: tuple[str, ...] | N
                     data_root: str | None = None,
                     with_resolver: bool | None = None,
                     target: str = "local",
-                    pipeline_root: str | None = None) -> tfx.dsl.Pipeline:
+                    pipeline_root: str | None = None,
+                    beam_pipeline_args: list[str] | None = None) -> tfx.dsl.Pipeline:
   """Builds the TFX pipeline for `config`.
 
   Args:
@@ -70,6 +71,8 @@ def create_pipeline(config: PipelineConfig, *, feature_keys: tuple[str, ...] | N
     target: one of TARGETS; "local" builds exactly the local pipeline.
     pipeline_root: overrides `config.pipeline_root` (for a compiled spec
       it is only the default; KFP sets the root per run).
+    beam_pipeline_args: overrides `config.run.beam_args` (the local runner
+      adds the S3 options of a bucket root, `runner.beam_args`).
   """
   if target not in TARGETS:
     raise ValueError(f"create_pipeline: target {target!r} is unknown. "
@@ -144,7 +147,7 @@ def create_pipeline(config: PipelineConfig, *, feature_keys: tuple[str, ...] | N
       model=trainer.outputs["model"], model_blessing=evaluator.outputs["blessing"],
       push_destination=tfx.proto.PushDestination(
           filesystem=tfx.proto.PushDestination.Filesystem(
-              base_directory=os.path.join(config.serving_dir, config.serving.model_name))),
+              base_directory=storage.join(config.serving_dir, config.serving.model_name))),
       custom_config={"label": "stable"})
   components += [evaluator, pusher]
 
@@ -154,4 +157,5 @@ def create_pipeline(config: PipelineConfig, *, feature_keys: tuple[str, ...] | N
       components=components,
       enable_cache=config.run.enable_cache,
       metadata_connection_config=metadata.connection_config(config.metadata_target),
-      beam_pipeline_args=list(config.run.beam_args))
+      beam_pipeline_args=list(config.run.beam_args if beam_pipeline_args is None
+                              else beam_pipeline_args))

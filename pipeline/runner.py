@@ -1,7 +1,9 @@
 """Runs the pipeline on this machine: TFX's LocalDagRunner or BeamDagRunner.
 
 Everything a run makes lands under `--home`: the MLMD store, the pipeline
-root (artifacts and checkpoints) and the TF Serving base path.
+root (artifacts and checkpoints) and the TF Serving base path, unless the
+pipeline root or the serving root is a bucket (`--pipeline-root`,
+`--serving-dir` s3://...): then only the store, locks and logs stay local.
 """
 
 from __future__ import annotations
@@ -81,6 +83,8 @@ def check_free_space(config: PipelineConfig) -> None:
   failed executions behind, one that never starts leaves nothing."""
   needed = min_free_bytes()
   for path in (config.home, config.serving_dir):
+    if storage.is_remote(path):
+      continue
     existing = storage.nearest_existing(path)
     free = shutil.disk_usage(existing).free
     if free < needed:
@@ -91,9 +95,45 @@ def check_free_space(config: PipelineConfig) -> None:
 
 
 def _layout(config: PipelineConfig) -> tuple[tuple[str, str], ...]:
-  """The directories a run creates, each with what it is called in messages."""
-  return ((config.home, "home"), (config.pipeline_root, "pipeline root"),
-          (config.serving_dir, "serving directory"))
+  """The local directories a run creates, each with what it is called in
+  messages (a bucket has no directories to create)."""
+  return tuple((path, what) for path, what in (
+      (config.home, "home"), (config.pipeline_root, "pipeline root"),
+      (config.serving_dir, "serving directory")) if not storage.is_remote(path))
+
+
+def remote_roots(config: PipelineConfig) -> tuple[tuple[str, str], ...]:
+  """The run's roots that are bucket URIs, each with what it is called."""
+  return tuple((uri, what) for uri, what in (
+      (config.pipeline_root, "pipeline root"), (config.serving_dir, "serving directory"))
+      if storage.is_remote(uri))
+
+
+def check_remote_roots(config: PipelineConfig) -> None:
+  """Checks, writing nothing, that every bucket root can be used: S3
+  credentials in AWS_*, a reachable endpoint, an existing bucket that
+  accepts the keys (one HEAD request each). gs:// roots are left to
+  TensorFlow's own client.
+
+  Raises:
+    CkptflowError: one line naming the root and the problem (never a key).
+  """
+  from ckptflow.base import s3
+  for uri, what in remote_roots(config):
+    if storage.uri_scheme(uri) == "s3":
+      s3.check_bucket(uri, what)
+
+
+def beam_args(config: PipelineConfig) -> list[str]:
+  """The run's Beam flags: the config's, then the S3 options derived from
+  AWS_* (no keys: Beam's boto3 reads them from the environment) when a
+  root is on S3 and the config does not set them itself."""
+  args = list(config.run.beam_args)
+  if any(storage.uri_scheme(uri) == "s3" for uri, _ in remote_roots(config)):
+    from ckptflow.base import s3
+    given = {a.split("=", 1)[0] for a in args}
+    args += [a for a in s3.beam_args(s3.settings()) if a.split("=", 1)[0] not in given]
+  return args
 
 
 def check_directories(config: PipelineConfig) -> None:
@@ -243,6 +283,7 @@ def preflight(config: PipelineConfig) -> Checked:
     # A copied or moved home stops here, before anything is written.
     identity.check(store, target, config.home_layout)
   check_warm_start(config)
+  check_remote_roots(config)
   check_directories(config)
   check_free_space(config)
   return Checked(config=config, feature_keys=summary.feature_keys, notes=tuple(notes))
@@ -260,7 +301,10 @@ def execute(config: PipelineConfig, feature_keys: tuple[str, ...]) -> None:
   reporter.stage_started("loading TFX and TensorFlow")
   try:
     from ckptflow.pipeline.pipeline import create_pipeline
-    pipeline = create_pipeline(config, feature_keys=feature_keys)
+    for uri, _ in remote_roots(config):
+      storage.prepare(uri)  # tensorflow-io and its S3 settings, before TFX opens it
+    pipeline = create_pipeline(config, feature_keys=feature_keys,
+                               beam_pipeline_args=beam_args(config))
   except BaseException:
     reporter.close()
     raise

@@ -9,8 +9,10 @@ directory, and one at the repository root would be a module of the
 
 Fixtures: the real datasets, one end-to-end pipeline run that every test
 needing a finished run shares (a run costs about a minute), a fresh MLMD
-SQLite store, a fresh MariaDB database, and a toy home with checkpoints and a served version. Helpers are imported inside the fixtures, so loading the
-plugin imports neither ckptflow nor MLMD.
+SQLite store, a fresh MariaDB database, a toy home with checkpoints and a
+served version, and the Ceph RADOS Gateway (S3) with a fresh bucket per
+test. Helpers are imported inside the fixtures, so loading the plugin
+imports neither ckptflow nor MLMD.
 """
 
 from __future__ import annotations
@@ -97,3 +99,69 @@ def mysql_database():
     yield name
   finally:
     mysql_admin(f"DROP DATABASE IF EXISTS `{name}`", check=False)
+
+
+@pytest.fixture(scope="session")
+def rgw() -> dict[str, str]:
+  """The Ceph RADOS Gateway the object-storage tests use (one per session,
+  started by `.ci/rgw`, which reuses a running one): its AWS_* settings.
+
+  Skipped when Ceph is not installed, unless CKPTFLOW_REQUIRE_RGW is set
+  (`.ci/run` sets it), in which case the test fails.
+  """
+  import shutil
+  import subprocess
+
+  from support import REPO
+  required = bool(os.environ.get("CKPTFLOW_REQUIRE_RGW"))
+  if shutil.which("radosgw") is None and not required:
+    pytest.skip("Ceph's radosgw is not installed (run .ci/rgw to install and start it)")
+  result = subprocess.run([str(REPO / ".ci" / "rgw")], capture_output=True, text=True,
+                          timeout=900)
+  if result.returncode != 0:
+    message = f"the RGW server did not start: {result.stderr.strip()[-2000:]}"
+    if required:
+      pytest.fail(message)
+    pytest.skip(message)
+  return dict(line.split("=", 1) for line in result.stdout.split() if "=" in line)
+
+
+@pytest.fixture
+def bucket(rgw, monkeypatch) -> str:
+  """A fresh, empty bucket on the session's RGW, with AWS_* set to its
+  settings for the test (subprocesses inherit them); emptied and removed
+  afterwards. Yields its name."""
+  import uuid
+
+  for name, value in rgw.items():
+    monkeypatch.setenv(name, value)
+  from ckptflow.base import s3
+  client = s3.client()
+  name = f"ckptflow-{uuid.uuid4().hex[:12]}"
+  client.create_bucket(Bucket=name)
+  yield name
+  paginator = client.get_paginator("list_objects_v2")
+  for page in paginator.paginate(Bucket=name):
+    for item in page.get("Contents", []):
+      client.delete_object(Bucket=name, Key=item["Key"])
+  client.delete_bucket(Bucket=name)
+
+
+_exit_status: list[int] = []
+
+
+def pytest_sessionfinish(session, exitstatus):
+  _exit_status.append(int(exitstatus))
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_unconfigure(config):
+  """After a test used a bucket through tensorflow-io in this process, its
+  S3 client would abort the interpreter's exit (SIGABRT,
+  tensorflow/io#2039) and turn a green session red: leave with pytest's
+  real status instead (`storage.exit_process`), once everything is
+  reported."""
+  import sys
+  storage = sys.modules.get("ckptflow.base.storage")
+  if storage is not None and storage.remote_touched() and _exit_status:
+    storage.exit_process(_exit_status[-1])

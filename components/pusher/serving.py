@@ -117,14 +117,30 @@ def _as_version(value) -> int:
   return value
 
 
+def _root(serving_root: str) -> str:
+  """The serving root: a bucket URI as given, a path made absolute."""
+  if storage.is_remote(serving_root):
+    return storage.check_uri(serving_root, "serving root")
+  return os.path.abspath(serving_root)
+
+
 def model_dir(serving_root: str, model_name: str) -> str:
-  """The TF Serving base path of `model_name` (absolute)."""
-  return os.path.join(os.path.abspath(serving_root), validate_model_name(model_name))
+  """The TF Serving base path of `model_name` (absolute, or a bucket URI)."""
+  return storage.join(_root(serving_root), validate_model_name(model_name))
 
 
 def version_path(serving_root: str, model_name: str, version: int) -> str:
-  """SERVING_ROOT/<model_name>/<version> (absolute)."""
-  return os.path.join(model_dir(serving_root, model_name), str(_as_version(version)))
+  """SERVING_ROOT/<model_name>/<version> (absolute, or a bucket URI)."""
+  return storage.join(model_dir(serving_root, model_name), str(_as_version(version)))
+
+
+def version_exists(serving_root: str, model_name: str, version: int) -> bool:
+  """True if the version is published: its directory exists (on a bucket:
+  its commit marker, written after every file)."""
+  path = version_path(serving_root, model_name, version)
+  if storage.is_remote(path):
+    return storage.committed(path) is not None
+  return os.path.isdir(path)
 
 
 def _numeric(name: str) -> int | None:
@@ -141,6 +157,9 @@ def list_versions(serving_root: str, model_name: str) -> list[int]:
   listed (they are not numeric).
   """
   base = model_dir(serving_root, model_name)
+  if storage.is_remote(base):
+    return sorted(v for name in storage.list_names(base) if (v := _numeric(name)) is not None
+                  and storage.committed(storage.join(base, name)) is not None)
   try:
     with os.scandir(base) as it:
       entries = list(it)
@@ -186,6 +205,11 @@ def models_config_lock(serving_root: str) -> Iterator[None]:
   Raises:
     ServingError: the serving root cannot be created or written.
   """
+  if storage.is_remote(serving_root):
+    # No flock on a bucket: models.config is one PUT of the state derived
+    # from MLMD, re-derived until it is stable (promotion.sync_models_config).
+    yield
+    return
   root = _ensure_serving_root(serving_root)
   with _exclusive_lock(os.path.join(root, _MODELS_CONFIG_LOCK)):
     yield
@@ -268,6 +292,8 @@ def stale_staging_dirs(serving_root: str, model_name: str) -> list[str]:
   (the next push removes them).
   """
   base = model_dir(serving_root, model_name)
+  if storage.is_remote(base):
+    return unfinished_remote_versions(serving_root, model_name)
   staging = _staging_dirs(base)
   if not staging:
     return []
@@ -289,7 +315,21 @@ def stale_staging_dirs(serving_root: str, model_name: str) -> list[str]:
   return stale
 
 
+def unfinished_remote_versions(serving_root: str, model_name: str) -> list[str]:
+  """Numeric version prefixes of a bucket model without a commit marker:
+  pushes that were killed (or are running right now)."""
+  base = model_dir(serving_root, model_name)
+  return [storage.join(base, name) for name in storage.list_names(base)
+          if _numeric(name) is not None
+          and storage.committed(storage.join(base, name)) is None]
+
+
 def _check_saved_model(saved_model_dir: str) -> str:
+  if storage.is_remote(saved_model_dir):
+    if not storage.exists(storage.join(saved_model_dir, SAVED_MODEL_PB)):
+      raise ServingError(f"{saved_model_dir!r} is not a SavedModel: it has no "
+                         f"{SAVED_MODEL_PB}. Expected a tf.saved_model export")
+    return saved_model_dir
   source = os.path.abspath(saved_model_dir)
   if not os.path.isdir(source):
     raise ServingError(f"SavedModel directory {saved_model_dir!r} does not "
@@ -442,6 +482,8 @@ def push_saved_model(saved_model_dir: str, serving_root: str, model_name: str,
   validate_model_name(model_name)
   reserved = [_as_version(v) for v in reserved_versions]
   source = _check_saved_model(saved_model_dir)
+  if storage.is_remote(serving_root):
+    return _push_to_bucket(source, _root(serving_root), model_name, reserved)
   root = _ensure_serving_root(serving_root)
   base = os.path.join(root, model_name)
   try:
@@ -490,8 +532,52 @@ def push_saved_model(saved_model_dir: str, serving_root: str, model_name: str,
   return ServedVersion(model_name=model_name, version=version, path=final)
 
 
+CLAIMS_DIR = ".claims"  # non-numeric: TF Serving ignores it
+
+
+def _push_to_bucket(source: str, root: str, model_name: str,
+                    reserved: list[int]) -> ServedVersion:
+  """`push_saved_model` for a serving root in a bucket, where there is no
+  rename and no flock.
+
+  The version number is claimed first with a conditional create of
+  `<model>/.claims/<version>` (`storage.create_if_absent`: one winner per
+  number, whatever the number of pushers); a loser tries the next number.
+  Claims are never removed, so they are also the high-water mark. Then the
+  files are copied under `<model>/<version>/`, saved_model.pb last, and the
+  commit marker written after them: a version without its marker is never
+  listed (`list_versions`) nor put in models.config, and doctor removes it.
+  """
+  base = storage.join(root, model_name)
+  claims = storage.join(base, CLAIMS_DIR)
+  taken = [v for name in storage.list_names(claims) if (v := _numeric(name)) is not None]
+  present = [v for name in storage.list_names(base) if (v := _numeric(name)) is not None]
+  version = 1 + max([0, *taken, *present, *reserved])
+  try:
+    while not storage.create_if_absent(storage.join(claims, str(version)),
+                                       f"{os.getpid()}\n"):
+      version += 1
+  except OSError as e:
+    raise ServingError(f"cannot claim a version of {model_name!r} in {base!r}: {e}") from e
+  final = storage.join(base, str(version))
+  files = storage.list_files(source)
+  ordered = [f for f in files if f != SAVED_MODEL_PB and f != storage.COMMIT_MARKER]
+  try:
+    for i, rel in enumerate(ordered + [SAVED_MODEL_PB]):
+      storage.copy_file(storage.join(source, rel), storage.join(final, rel))
+      if i == 0:
+        fault_point("push-copy")
+    fault_point("push-rename")
+    storage.commit(final)
+  except Exception as e:
+    with contextlib.suppress(Exception):
+      storage.remove_tree(final, (root,))
+    raise ServingError(f"pushing {source!r} to {final!r} failed: {e}") from e
+  return ServedVersion(model_name=model_name, version=version, path=final)
+
+
 def models_config_path(serving_root: str) -> str:
-  return os.path.join(os.path.abspath(serving_root), MODELS_CONFIG)
+  return storage.join(_root(serving_root), MODELS_CONFIG)
 
 
 def build_models_config(serving_root: str, states: Mapping[str, ModelServingState]
@@ -534,6 +620,14 @@ def write_models_config(serving_root: str,
   """
   config = build_models_config(serving_root, states)
   text = text_format.MessageToString(config)
+  if storage.is_remote(serving_root):
+    target = models_config_path(serving_root)
+    fault_point("models-config-replace")
+    try:
+      storage.write_bytes(target, text)  # one PUT: old or new, never partial
+    except Exception as e:
+      raise ServingError(f"cannot write {target!r}: {e}") from e
+    return target
   with models_config_lock(serving_root):
     root = os.path.abspath(serving_root)
     with os.scandir(root) as entries:
@@ -559,8 +653,7 @@ def read_models_config(serving_root: str) -> dict[str, ModelServingState]:
   """
   path = models_config_path(serving_root)
   try:
-    with open(path, encoding="utf-8") as f:
-      text = f.read()
+    text = storage.read_bytes(path).decode("utf-8")
   except FileNotFoundError:
     return {}
   except (OSError, UnicodeDecodeError) as e:
@@ -589,5 +682,5 @@ __all__ = [
     "model_dir", "models_config_lock", "models_config_path", "push_saved_model",
     "read_models_config", "saved_model_signatures", "stale_staging_dirs",
     "validate_label",
-    "version_path", "write_models_config",
+    "unfinished_remote_versions", "version_exists", "version_path", "write_models_config",
 ]

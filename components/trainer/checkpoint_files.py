@@ -8,6 +8,12 @@ fsynced and renamed to its final name (`storage.publish_dir`), as Orbax
 commits a temporary directory. A crash
 at any point leaves either no final directory or a complete one; staging
 leftovers are swept on the next start.
+
+On a bucket (s3://, gs://) there is no rename: the checkpoint is written
+under its final name, checked and hashed there, and published by its commit
+marker (`storage.commit`, written last, holding each file's sha256). A
+step directory without its marker is an unfinished write: never registered
+or restored, and removed by the next start's sweep (and by doctor).
 """
 
 from __future__ import annotations
@@ -36,6 +42,12 @@ def staging_dir(root: str, step: int) -> str:
   return final_dir(root, step) + STAGING_SUFFIX
 
 
+def write_dir(root: str, step: int) -> str:
+  """Where the checkpoint at `step` is written before it is published: its
+  staging directory on disk, its final prefix on a bucket."""
+  return final_dir(root, step) if storage.is_remote(root) else staging_dir(root, step)
+
+
 def prefix(directory: str) -> str:
   return os.path.join(directory, PREFIX)
 
@@ -56,14 +68,17 @@ def verify_readable(directory: str) -> None:
                           f"{str(e).splitlines()[0]}") from e
   if not names:
     raise CheckpointError(f"checkpoint {directory!r} holds no variables")
-  if not any(n.startswith(PREFIX + ".data-") for n in os.listdir(directory)):
+  if not any(n.startswith(PREFIX + ".data-") for n in storage.list_names(directory)):
     raise CheckpointError(f"checkpoint {directory!r} has no data shard")
 
 
 def verify_against_record(directory: str, checksum: str) -> None:
   """Raises CheckpointError unless `directory` holds exactly the bytes that
   were registered (same sha256)."""
-  if not os.path.isdir(directory):
+  if storage.is_remote(directory):
+    if storage.committed(directory) is None:
+      raise CheckpointError(f"checkpoint {directory!r} is missing or has no commit marker")
+  elif not os.path.isdir(directory):
     raise CheckpointError(f"checkpoint directory {directory!r} is missing")
   _, actual = digest(directory)
   if actual != checksum:
@@ -73,7 +88,13 @@ def verify_against_record(directory: str, checksum: str) -> None:
 
 def publish(staged: str, final: str) -> None:
   """Flushes the staged files and renames `staged` to `final` atomically,
-  then fsyncs `final`'s parent."""
+  then fsyncs `final`'s parent. On a bucket `staged` is `final`
+  (`write_dir`): its commit marker is written last."""
+  if storage.is_remote(final):
+    if staged != final:
+      raise ValueError(f"on a bucket a checkpoint is written in place: {staged!r} != {final!r}")
+    storage.commit(final)
+    return
   storage.fsync_tree(staged)
   if os.path.exists(final):
     # A directory left by an attempt whose registration never happened (the
@@ -82,8 +103,31 @@ def publish(staged: str, final: str) -> None:
   storage.publish_dir(staged, final)
 
 
+def uncommitted(root: str) -> list[str]:
+  """Step prefixes under the bucket root `root` (at any depth) that have
+  no commit marker: unfinished writes."""
+  found = []
+  for rel in storage.list_files(root):
+    parts = rel.split("/")
+    for depth, part in enumerate(parts[:-1]):
+      if part.startswith("step-"):
+        prefix = storage.join(root, *parts[:depth + 1])
+        if prefix not in found and storage.committed(prefix) is None:
+          found.append(prefix)
+        break
+  return found
+
+
 def sweep_staging(root: str) -> list[str]:
-  """Removes staging leftovers under `root` (from killed writers)."""
+  """Removes staging leftovers under `root` (from killed writers): staging
+  directories on disk, step prefixes without a commit marker on a bucket."""
+  if storage.is_remote(root):
+    removed = uncommitted(root)
+    for prefix in removed:
+      storage.remove_tree(prefix, (root,))
+    if removed:
+      _log.info("removed %d unfinished checkpoint write(s) under %s", len(removed), root)
+    return removed
   removed = []
   if not os.path.isdir(root):
     return removed

@@ -8,6 +8,8 @@ Both return `outputs`, the class probabilities.
 
 The SavedModel is written into a temporary sibling directory and renamed
 into place (`storage.publish_dir`), so a reader never sees a partial export.
+On a bucket, where there is no rename, it is written in place and published
+by its commit marker (`storage.commit`, written last).
 """
 
 from __future__ import annotations
@@ -52,13 +54,20 @@ def export_saved_model(model: tf.keras.Model, export_dir: str,
   ).get_concrete_function(
       {k: tf.TensorSpec([None, 1], tf.float32, name=k) for k in feature_keys})
 
+  signatures = {"serving_default": serve_examples, "serving_raw": serve_raw}
+  if storage.is_remote(export_dir):
+    storage.prepare(export_dir)
+    # An earlier attempt's unfinished write (the guard: its parent only).
+    storage.remove_tree(export_dir, (export_dir.rstrip("/").rsplit("/", 1)[0],))
+    tf.saved_model.save(model, export_dir, signatures=signatures)
+    storage.commit(export_dir)
+    return export_dir
   staging = export_dir.rstrip("/") + ".tmp"
   # A killed export's leftover, beside the export (the guard: nowhere else).
   storage.remove_tree(staging, (os.path.dirname(os.path.abspath(staging)),))
   # tf.saved_model.save, not Keras' model.save: TF Serving and TFMA use the
   # signatures only, and Keras' own serialization (every layer's call traced
   # again, keras_metadata.pb) doubles the export time for nothing served.
-  tf.saved_model.save(model, staging,
-                      signatures={"serving_default": serve_examples, "serving_raw": serve_raw})
+  tf.saved_model.save(model, staging, signatures=signatures)
   storage.publish_dir(staging, export_dir)
   return export_dir

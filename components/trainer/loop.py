@@ -159,9 +159,15 @@ class Checkpointer:
         max_workers=1, thread_name_prefix="checkpoint-finisher")
     self._pending: list[concurrent.futures.Future] = []
     self.registered: list[CheckpointRecord] = []
-    self._roots = (os.path.dirname(os.path.dirname(os.path.abspath(checkpoint_dir))),)
-    if sink is not None:
-      os.makedirs(checkpoint_dir, exist_ok=True)
+    # Deletes stay inside the pipeline root's node directory (the delete
+    # guard): a local path, or a bucket prefix.
+    if storage.is_remote(checkpoint_dir):
+      self._roots = (checkpoint_dir.rstrip("/").rsplit("/", 2)[0],)
+      storage.prepare(checkpoint_dir)  # tensorflow-io before TensorFlow opens it
+    else:
+      self._roots = (os.path.dirname(os.path.dirname(os.path.abspath(checkpoint_dir))),)
+      if sink is not None:
+        os.makedirs(checkpoint_dir, exist_ok=True)
 
   @property
   def is_chief(self) -> bool:
@@ -306,7 +312,7 @@ class Checkpointer:
       self._state.write(checkpoint_files.prefix(scratch))
       storage.remove_tree(scratch, (self._scratch,))
       return
-    staged = checkpoint_files.staging_dir(self._checkpoint_dir, step)
+    staged = checkpoint_files.write_dir(self._checkpoint_dir, step)
     storage.remove_tree(staged, self._roots)  # a killed attempt's leftover
     options = tf.train.CheckpointOptions(enable_async=self._async)
     self._state.write(checkpoint_files.prefix(staged), options=options)
@@ -365,8 +371,10 @@ class Checkpointer:
     # never a LIVE artifact without its files.
     self._sink.mark_deleted(doomed)
     for record in doomed:
-      with contextlib.suppress(OSError):
-        storage.remove_tree(record.uri, self._roots)
+      try:
+        storage.remove_tree(record.uri, self._roots)  # on a bucket: its marker first
+      except (OSError, tf.errors.OpError) as e:  # stray files: doctor sweeps them
+        _log.warning("could not remove pruned checkpoint %s: %s", record.uri, e)
     _log.info("pruned checkpoints at steps %s", [r.step for r in doomed])
 
 

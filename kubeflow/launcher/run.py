@@ -16,6 +16,7 @@ import dataclasses
 import logging
 import os
 import re
+import tempfile
 import time
 import uuid
 from typing import Mapping, Sequence
@@ -24,7 +25,7 @@ from google.protobuf import json_format, struct_pb2
 from kfp.pipeline_spec import pipeline_spec_pb2
 from ml_metadata.proto import metadata_store_pb2
 
-from ckptflow.base import metadata
+from ckptflow.base import metadata, storage
 from ckptflow.kubeflow import spec as spec_lib
 from ckptflow.kubeflow.launcher import executor_input as executor_input_lib
 from ckptflow.kubeflow.launcher import graph, placeholders
@@ -54,7 +55,8 @@ class LocalRun:
   def __init__(self, loaded: spec_lib.LoadedSpec, *, pipeline_root: str, store_target: str,
                run_id: str | None = None, parameters: Mapping[str, str] | None = None,
                env: Mapping[str, str] | None = None, task_timeout: float | None = None,
-               retries: bool = True, handler: task_lib.TaskHandler | None = None):
+               retries: bool = True, handler: task_lib.TaskHandler | None = None,
+               work_root: str | None = None):
     self._loaded = loaded
     self._spec = loaded.spec
     self._deployment = loaded.deployment()
@@ -69,6 +71,12 @@ class LocalRun:
                           "has no default)")
     self.pipeline_root = root
     self.run_root = f"{root.rstrip('/')}/{self._pipeline_name}/{self.run_id}"
+    # Each task attempt's own working directory (its pod's local disk):
+    # under the run root on a local root, in a local temporary directory
+    # when the root is a bucket (tasks then share only the bucket and MLMD).
+    self.work_root = work_root or (
+        tempfile.mkdtemp(prefix=f"ckptflow-launcher-{self.run_id}-")
+        if storage.is_remote(root) else self.run_root)
     self._store_target = store_target
     self._store = metadata.open_store(store_target)
     self._recorder = RunRecorder(self._store, pipeline_name=self._pipeline_name,
@@ -192,7 +200,7 @@ class LocalRun:
   def _run_task(self, name: str, dag_id: int) -> TaskResult:
     """One attempt of task `name`: a new working directory, new output URIs,
     a new execution."""
-    work_dir = task_lib.attempt_dir(self.run_root, name)
+    work_dir = task_lib.attempt_dir(self.work_root, name)
     component = self._component(name)
     inputs, input_ids = executor_input_lib.inputs(
         name, self._spec.root.dag.tasks[name], component, parameters=self._parameters,

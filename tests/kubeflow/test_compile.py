@@ -88,8 +88,8 @@ def test_trainer_task_gets_the_kfp_run_id_a_retry_policy_and_declares_its_checkp
       "ckptflow.Checkpoints")
   container = spec["deploymentSpec"]["executors"]["CheckpointingTrainer_executor"]["container"]
   assert container["image"] == "registry.example.com/ckptflow:test"
-  assert container["command"] == ["python", "-m",
-                                  "tfx.orchestration.kubeflow.v2.container.kubeflow_v2_run_executor"]
+  # TFX's task entry point, wrapped for s3:// roots and the real exit status.
+  assert container["command"] == ["python", "-m", "ckptflow.components.kubeflow.entry"]
 
 
 @pytest.mark.heavy

@@ -46,3 +46,7 @@ def test_image_leaves_the_command_to_the_spec():
               spec["deploymentSpec"]["executors"].values()} - {()}
   # Every task starts the image's `python`, which the Dockerfile's base provides.
   assert {c[0] for c in commands} == {"python"}
+  # The image imports what every task's command needs, tensorflow-io included.
+  runs = [rest for keyword, rest in steps if keyword == "RUN"]
+  assert any("import" in run and "ckptflow.components.kubeflow.entry" in run
+             and "tensorflow_io" in run for run in runs)
