@@ -326,7 +326,12 @@ def _config_from_args(args, command: str) -> PipelineConfig:
   sample_data = not (command == flags.COMPILE and config.data.features)
   if not config.data.path and sample_data:
     from ckptflow.pipeline.sample_data import write_sample_data
-    sample_dir = write_sample_data(config.home_layout.sample_data_dir)
+    sample_dir = config.home_layout.sample_data_dir
+    # The directories this command creates for the sample, outermost
+    # first: a run whose checks then fail takes them away again.
+    args.created_for_sample = [d for d in (config.home, os.path.dirname(sample_dir), sample_dir)
+                               if not os.path.exists(d)]
+    sample_dir = write_sample_data(sample_dir)
     # The run says so when it starts (pipeline/runner.py execute).
     _log.debug("no --data given: using the generated sample dataset in %s", sample_dir)
     config = config.replace(data={"path": sample_dir})
@@ -354,6 +359,23 @@ def _stop_on_sigterm(signum, frame):  # pylint: disable=unused-argument
   raise errors.Interrupted("stopped by SIGTERM", signum)
 
 
+def _remove_unused_sample(created: list[str]) -> None:
+  """Removes the sample dataset this command wrote, when the run failed
+  before writing anything else (a bad config, a copied home): the
+  outermost directory it created holds nothing but the sample's path."""
+  if not created:
+    return
+  outer, sample_dir = created[0], created[-1]
+  inner = os.path.relpath(sample_dir, outer).split(os.sep)
+  level = outer
+  for name in inner if inner != ["."] else []:
+    if os.listdir(level) != [name]:
+      return  # something else was written beside it: keep everything
+    level = os.path.join(level, name)
+  from ckptflow.base import storage
+  storage.remove_tree(outer, (os.path.dirname(os.path.abspath(outer)),))
+
+
 def cmd_run(args) -> int:
   # --metadata is in config.run.metadata; config.metadata_target applies
   # the same rule as every other subcommand (metadata.resolve_target).
@@ -376,6 +398,9 @@ def cmd_run(args) -> int:
     raise errors.Interrupted(f"interrupted by {stopped.signal_name} at step {step}: the "
                              f"checkpoint of step {step} is saved and registered; resume "
                              f"with: {resume}", stopped.signum) from e
+  except errors.CkptflowError:
+    _remove_unused_sample(getattr(args, "created_for_sample", []))
+    raise
   finally:
     signal.signal(signal.SIGTERM, previous)
   for line in summary.lines():

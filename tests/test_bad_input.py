@@ -737,3 +737,32 @@ def test_gc_on_a_read_only_home_fails_and_changes_nothing(tmp_path):
 def serving_versions(toy):
   from ckptflow.components.pusher import serving
   return serving.list_versions(str(toy.serving), "penguin")
+
+
+def test_a_run_without_data_that_fails_its_checks_takes_back_the_sample_it_wrote(tmp_path):
+  """No --data: the sample dataset is written into the home before the
+  store is opened; an unreachable store then fails the run, and the home
+  this command created is gone again (nothing written)."""
+  home = tmp_path / "new-home"
+  with socket.socket() as listener:
+    listener.bind(("127.0.0.1", 0))
+    port = listener.getsockname()[1]  # closed below: nothing listens there
+  result = ckptflow("run", "--home", str(home), "--metadata",
+                    f"mysql://root@127.0.0.1:{port}/ckptflow_none", check=False)
+  assert result.returncode == 2
+  [line] = result.stderr.strip().splitlines()
+  assert line.startswith("ckptflow: error: ") and "refused" in line
+  assert not home.exists()
+
+
+def test_a_failed_run_in_an_existing_home_removes_only_the_sample_it_created(tmp_path):
+  home = tmp_path / "home"
+  (home / "notes").mkdir(parents=True)
+  with socket.socket() as listener:
+    listener.bind(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+  result = ckptflow("run", "--home", str(home), "--metadata",
+                    f"mysql://root@127.0.0.1:{port}/ckptflow_none", check=False)
+  assert result.returncode == 2
+  # The home and what it held stay; the sample this run wrote is gone.
+  assert sorted(p.name for p in home.iterdir()) == ["notes"]
