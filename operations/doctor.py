@@ -22,7 +22,9 @@ checkpoint-missing a LIVE Checkpoint whose directory is   mark it DELETED,
                    gone                                   with the reason
 checkpoint-corrupt a LIVE Checkpoint whose files do not   mark it ABANDONED,
                    match its recorded sha256              keep the files
-export-staging     an unfinished `ckptflow export`       delete it
+export-staging     an unfinished `ckptflow export`, or   delete it
+                   the Trainer's unmarked export in a
+                   bucket
 export-orphan      an exported SavedModel no Model       delete it
                    artifact names (killed before its
                    record)
@@ -68,7 +70,7 @@ checkpoint roots in it) and its serving root.
 Roots in a bucket (s3://, gs://): checkpoints, exports and versions there
 are published by a commit marker (`storage.commit`), not a rename; a step
 or version prefix without one is an unfinished write, reported as
-`checkpoint-staging` / `push-staging` once it is older than the grace
+`checkpoint-staging` / `export-staging` / `push-staging` once it is older than the grace
 period (CKPTFLOW_UNCOMMITTED_GRACE_S, default 3600 s: a writer in another
 pod may still be at work, and pods share no lock). Checkpoint roots in a
 bucket are found from the store (the Trainer's Checkpoint and Model
@@ -107,6 +109,7 @@ CHECKPOINT_STAGING_SUFFIX = ".staging"
 # `ckptflow export`'s layout (operations/export.py):
 # Home.export_root/checkpoint-<id>/export-<time>[.staging].
 EXPORT_PREFIX = "export-"
+SERVING_DIR_NAME = "Format-Serving"  # TFX's layout inside a Model artifact
 
 _UNPUBLISH_PREFIX = ".unrecorded-"
 
@@ -293,6 +296,31 @@ def _check_checkpoints(store, where: Home, verify_checksums: bool) -> list[Findi
   return findings
 
 
+def _model_root(checkpoint_root: str) -> str:
+  """`<node>/model` beside the Trainer node's `<node>/checkpoints`."""
+  return storage.join(checkpoint_root.rstrip("/").rsplit("/", 1)[0], "model")
+
+
+def _remote_trainer_exports(store, where: Home) -> list[Finding]:
+  """Unfinished Trainer exports in a bucket: a `<node>/model/<id>/Format-Serving`
+  prefix beside a bucket checkpoint root with no commit marker, older than
+  the grace period (its process died between writing and committing; TFX
+  never published its Model)."""
+  findings = []
+  for checkpoint_root in remote_checkpoint_roots(store, where):
+    model_root = _model_root(checkpoint_root)
+    if not storage.exists(model_root):
+      continue
+    for name in storage.list_names(model_root):
+      export_dir = storage.join(model_root, name, SERVING_DIR_NAME)
+      if (storage.exists(export_dir) and storage.committed(export_dir) is None
+          and _stale(export_dir)):
+        findings.append(Finding("export-staging", export_dir,
+                                "unfinished Trainer export (no commit marker: its "
+                                "process died)", "deleted"))
+  return findings
+
+
 def _check_exports(store, where: Home) -> list[Finding]:
   root = where.export_root
   exports = []
@@ -424,7 +452,8 @@ def check(store: Store, where: Home, *,
   exist.
   """
   return (_check_checkpoints(store, where, verify_checksums)
-          + _check_exports(store, where) + _check_serving(store, where))
+          + _check_exports(store, where) + _remote_trainer_exports(store, where)
+          + _check_serving(store, where))
 
 
 # --- repairs -----------------------------------------------------------------
@@ -437,9 +466,12 @@ def _version_exists(path: str) -> bool:
 
 
 def _delete_roots(store, where: Home) -> tuple[str, ...]:
-  """Where repairs may delete: the home's roots, and the bucket checkpoint
-  roots the store names (`remote_checkpoint_roots`)."""
-  return tuple(where.roots) + tuple(remote_checkpoint_roots(store, where))
+  """Where repairs may delete: the home's roots, the bucket checkpoint
+  roots the store names (`remote_checkpoint_roots`) and, beside each, its
+  Trainer's `model` prefix (`_remote_trainer_exports`)."""
+  checkpoint_roots = remote_checkpoint_roots(store, where)
+  return tuple(where.roots) + tuple(checkpoint_roots) + tuple(
+      _model_root(root) for root in checkpoint_roots)
 
 
 def _remove_tree(path: str, roots: Sequence[str]) -> None:

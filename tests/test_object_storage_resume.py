@@ -83,3 +83,41 @@ def test_kill_during_checkpoint_upload_resumes_from_the_bucket_bit_for_bit(
   assert local_vars.keys() == bucket_vars.keys() and local_vars
   for name, value in local_vars.items():
     np.testing.assert_array_equal(bucket_vars[name], value, err_msg=name)
+
+
+def test_kill_during_the_trainers_export_to_a_bucket_leaves_nothing_registered(
+    bucket, tmp_path, penguins_dir):
+  """SIGKILL after the Trainer's SavedModel is written to the bucket and
+  before its commit marker: no Model is recorded, doctor lists the
+  unfinished export (after the grace period) and removes it, and the next
+  run exports, pushes and leaves doctor clean."""
+  home = tmp_path / "home"
+  root, serving = f"s3://{bucket}/p", f"s3://{bucket}/serving"
+  args = ("run", "--home", str(home), "--data", str(penguins_dir), *STEPS,
+          "--pipeline-root", root, "--serving-dir", serving)
+  killed = ckptflow(*args, check=False, env={"CKPTFLOW_FAULT": "export-write"})
+  assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+
+  store = open_store(str(home / "metadata.sqlite"), create=False)
+  assert store.get_artifacts_by_type("Model") == []
+  assert store.get_artifacts_by_type("PushedModel") == []
+  assert sorted(r.step for r in ckpt.list_checkpoints(store)) == [100, 200, 300]
+  assert _doctor(home, serving, grace="3600") == (0, [])
+  code, findings = _doctor(home, serving, grace="0")
+  assert code == 1
+  [(kind, unfinished)] = [(f["kind"], f["subject"]) for f in findings]
+  assert kind == "export-staging" and unfinished.startswith(root)
+  assert unfinished.endswith("/Format-Serving") and storage.committed(unfinished) is None
+
+  repaired = ckptflow("doctor", "--repair", "--home", str(home), "--serving-dir", serving,
+                      "--json", env={"CKPTFLOW_UNCOMMITTED_GRACE_S": "0"}, check=False)
+  assert repaired.returncode in (0, 1), repaired.stderr[-2000:]
+  assert not storage.exists(unfinished)
+  assert _doctor(home, serving, grace="0") == (0, [])
+
+  rerun = ckptflow(*args)
+  assert "served model:    " + serving in rerun.stdout
+  store = open_store(str(home / "metadata.sqlite"), create=False)
+  [model] = store.get_artifacts_by_type("Model")
+  assert storage.verify_committed(model.uri + "/Format-Serving") == []
+  assert _doctor(home, serving, grace="0") == (0, [])

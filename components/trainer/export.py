@@ -20,6 +20,7 @@ from typing import Mapping
 import tensorflow as tf
 
 from ckptflow.base import storage
+from ckptflow.base.faults import fault_point
 
 SERVING_DIR_NAME = "Format-Serving"  # TFX's layout inside a Model artifact
 
@@ -60,6 +61,7 @@ def export_saved_model(model: tf.keras.Model, export_dir: str,
     # An earlier attempt's unfinished write (the guard: its parent only).
     storage.remove_tree(export_dir, (export_dir.rstrip("/").rsplit("/", 1)[0],))
     tf.saved_model.save(model, export_dir, signatures=signatures)
+    fault_point("export-write")  # written, not yet committed
     storage.commit(export_dir)
     return export_dir
   staging = export_dir.rstrip("/") + ".tmp"
@@ -69,5 +71,6 @@ def export_saved_model(model: tf.keras.Model, export_dir: str,
   # signatures only, and Keras' own serialization (every layer's call traced
   # again, keras_metadata.pb) doubles the export time for nothing served.
   tf.saved_model.save(model, staging, signatures=signatures)
+  fault_point("export-write")  # written, not yet published
   storage.publish_dir(staging, export_dir)
   return export_dir
