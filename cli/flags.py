@@ -193,6 +193,15 @@ def serving_dir_flag(help: str = "TF Serving root (default: HOME/serving)") -> a
   return parser
 
 
+def reason_flag() -> argparse.ArgumentParser:
+  """`--reason TEXT` of the commands that change what is served."""
+  parser = argparse.ArgumentParser(add_help=False)
+  parser.add_argument("--reason", default="", metavar="TEXT",
+                      help="why: recorded in MLMD with the user and host, shown by "
+                      "history, lineage and the report")
+  return parser
+
+
 def parents(*parsers: argparse.ArgumentParser) -> Sequence[argparse.ArgumentParser]:
   """`home_flags()` first, then `parsers`, then `verbose_flag()`: the
   parents of a subcommand."""

@@ -226,7 +226,7 @@ def _add_serving_commands(commands) -> None:
 
   promote = commands.add_parser(
       "promote", help="export, evaluate and push a checkpoint to TF Serving",
-      parents=flags.parents(flags.serving_dir_flag(), flags.json_flag()),
+      parents=flags.parents(flags.serving_dir_flag(), flags.reason_flag(), flags.json_flag()),
       description="Export CHECKPOINT (or reuse its export), evaluate it with the "
       "pipeline's TFMA EvalConfig against the version labelled stable (recorded as "
       "a ModelBlessing), and push it as the next version with the label if blessed, "
@@ -241,23 +241,17 @@ def _add_serving_commands(commands) -> None:
   promote.add_argument("--config", help="TOML config for the blessing rule and model "
                        "name (default: what the checkpoint's pipeline run recorded)")
   promote.add_argument("--model-name", help="served model name (default: the run's)")
-  promote.add_argument("--reason", default="", metavar="TEXT",
-                       help="why: recorded in MLMD with the user and host, shown by "
-                       "history, lineage and the report")
   promote.set_defaults(handler=cmd_promote)
 
   rollback = commands.add_parser(
       "rollback", help="move a model's stable label back",
-      parents=flags.parents(flags.serving_dir_flag(), flags.json_flag()),
+      parents=flags.parents(flags.serving_dir_flag(), flags.reason_flag(), flags.json_flag()),
       description="Move the stable label of MODEL back to the previous stable "
       "version (or --to VERSION), recorded as an MLMD execution, and rewrite "
       "models.config.")
   rollback.add_argument("model", metavar="MODEL", help="served model name")
   rollback.add_argument("--to", type=int, metavar="VERSION",
                         help="the served version to roll back to")
-  rollback.add_argument("--reason", default="", metavar="TEXT",
-                        help="why: recorded in MLMD with the user and host, shown by "
-                        "history, lineage and the report")
   rollback.set_defaults(handler=cmd_rollback)
 
   history = commands.add_parser(

@@ -293,6 +293,22 @@ def _recorded_push_of(store, pushed: metadata_store_pb2.Artifact,
   return None
 
 
+def stable_served(store: Store, model_name: str) -> "ServedRecord | None":
+  """The served version of `model_name` labelled stable, if its SavedModel
+  is still there (a local path or a bucket); None if no version holds the
+  label or its files are gone (logged). The baseline of every evaluation:
+  the pipeline's Evaluator and `promote`. Read-only."""
+  version = current_labels(store, model_name).get(STABLE)
+  if version is None:
+    return None
+  record = served_version(store, model_name, version)
+  if not storage.exists(storage.join(record.path, "saved_model.pb")):
+    _log.warning("stable version %d of %r is gone from %s; evaluating without a "
+                 "baseline", version, model_name, record.path)
+    return None
+  return record
+
+
 def pushed_models(store: Store, records: Sequence["ServedRecord"]) -> dict[int, int]:
   """PushedModel artifact id -> the Model it was pushed from (the INPUT
   under key `model` of the execution that produced it), for those of

@@ -39,8 +39,6 @@ BLESSING_TYPE_NAME = "ModelBlessing"
 EVALUATION_TYPE_NAME = "ModelEvaluation"
 DEFAULT_BEAM_ARGS = ("--direct_running_mode=in_memory", "--direct_num_workers=1")
 
-_INPUT = metadata_store_pb2.Event.INPUT
-_OUTPUT = metadata_store_pb2.Event.OUTPUT
 _log = logging.getLogger(__name__)
 
 
@@ -63,26 +61,14 @@ class Baseline:
 
 
 def stable_baseline(store: Store, model_name: str) -> Baseline | None:
-  """The version of `model_name` labelled stable in MLMD, if it is still on
-  disk; None if there is none. Its Model is found through events: the
-  pushing execution's INPUT under key `model`. Read-only."""
-  version = promotion.current_labels(store, model_name).get(promotion.STABLE)
-  if version is None:
+  """The version of `model_name` labelled stable in MLMD, if its files are
+  still there (`promotion.stable_served`); None if there is none. Its Model
+  is the pushing execution's INPUT under key `model`. Read-only."""
+  record = promotion.stable_served(store, model_name)
+  if record is None:
     return None
-  record = promotion.served_version(store, model_name, version)
-  if not os.path.isfile(os.path.join(record.path, "saved_model.pb")):
-    _log.warning("stable version %d of %r is gone from %s; evaluating without a "
-                 "baseline", version, model_name, record.path)
-    return None
-  events = store.get_events_by_artifact_ids([record.artifact_id])
-  pushers = [e.execution_id for e in events if e.type == _OUTPUT]
-  model_id = None
-  if pushers:
-    inputs = store.get_events_by_execution_ids(pushers)
-    keyed = [e.artifact_id for e in inputs if e.type == _INPUT
-             and any(s.key == "model" for s in e.path.steps)]
-    model_id = keyed[0] if keyed else None
-  return Baseline(model_name=model_name, version=version, path=record.path,
+  model_id = promotion.pushed_models(store, [record]).get(record.artifact_id)
+  return Baseline(model_name=model_name, version=record.version, path=record.path,
                   pushed_model_artifact_id=record.artifact_id, model_artifact_id=model_id)
 
 

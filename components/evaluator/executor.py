@@ -39,14 +39,9 @@ _log = logging.getLogger(__name__)
 
 def stable_version(store, model_name: str) -> tuple[promotion.ServedRecord, int | None] | None:
   """(the served version of `model_name` labelled stable, the Model it was
-  pushed from or None), if its SavedModel is on disk; else None."""
-  version = promotion.current_labels(store, model_name).get(promotion.STABLE)
-  if version is None:
-    return None
-  record = promotion.served_version(store, model_name, version)
-  if not os.path.isfile(os.path.join(record.path, "saved_model.pb")):
-    _log.warning("stable version %d of %r is gone from %s; evaluating without a "
-                 "baseline", version, model_name, record.path)
+  pushed from or None), if its SavedModel is still there; else None."""
+  record = promotion.stable_served(store, model_name)
+  if record is None:
     return None
   return record, promotion.pushed_models(store, [record]).get(record.artifact_id)
 
