@@ -295,14 +295,20 @@ def _recorded_push_of(store, pushed: metadata_store_pb2.Artifact,
 
 def stable_served(store: Store, model_name: str) -> "ServedRecord | None":
   """The served version of `model_name` labelled stable, if its SavedModel
-  is still there (a local path or a bucket); None if no version holds the
-  label or its files are gone (logged). The baseline of every evaluation:
-  the pipeline's Evaluator and `promote`. Read-only."""
+  is still on local disk; None if no version holds the label, its files
+  are gone or it is in a bucket (logged). The baseline of every
+  evaluation: the pipeline's Evaluator and `promote`. Read-only."""
   version = current_labels(store, model_name).get(STABLE)
   if version is None:
     return None
   record = served_version(store, model_name, version)
-  if not storage.exists(storage.join(record.path, "saved_model.pb")):
+  if storage.is_remote(record.path):
+    # TFMA is handed the baseline as a local directory (a link to the
+    # served version); a version in a bucket is not linked or downloaded.
+    _log.warning("stable version %d of %r is in a bucket (%s); evaluating without a "
+                 "baseline", version, model_name, record.path)
+    return None
+  if not os.path.isfile(os.path.join(record.path, "saved_model.pb")):
     _log.warning("stable version %d of %r is gone from %s; evaluating without a "
                  "baseline", version, model_name, record.path)
     return None

@@ -63,9 +63,10 @@ def test_pipeline_promotion_rollback_and_lineage_run_on_mariadb(
                    env={"CKPTFLOW_METADATA": ""})
   assert json.loads(plain.stdout) == json.loads(listing.stdout)
 
-  # `ckptflow promote`: export the last checkpoint, evaluate it against the
-  # stable version, push it (forced, so the outcome does not hang on a metric).
-  promoted = ckptflow("promote", "latest", "--force", "--json", "--home", str(home),
+  # `ckptflow promote`: export an earlier checkpoint (the last one is behind
+  # the version the pipeline pushed), evaluate it against the stable
+  # version, push it (forced, so the outcome does not hang on a metric).
+  promoted = ckptflow("promote", "step:40", "--force", "--json", "--home", str(home),
                       "--metadata", target)
   document = json.loads(promoted.stdout)
   assert document["outcome"] == "pushed"
@@ -74,14 +75,17 @@ def test_pipeline_promotion_rollback_and_lineage_run_on_mariadb(
   assert promotion.current_labels(store, "penguin") == {"stable": 2}
   assert serving.read_models_config(str(home / "serving"))["penguin"].labels == {"stable": 2}
   export_model = store.get_artifacts_by_id([document["export"]["model_artifact_id"]])[0]
-  assert export_model.custom_properties["checkpoint_step"].int_value == 60
+  assert export_model.custom_properties["checkpoint_step"].int_value == 40
 
   # The library's promote in a process of its own (the TFX Model), then
   # `ckptflow rollback` and `ckptflow lineage`, all on MariaDB.
+  # The pipeline's own Model (served as version 1), pushed again, forced.
   driver = pathlib.Path(__file__).parent / "promote_driver.py"
+  trainer_model = min(store.get_artifacts_by_type("Model"), key=lambda a: a.id)
   pushed = subprocess.run([sys.executable, str(driver), "--home", str(home),
-                           "--metadata", target], capture_output=True, text=True,
-                          timeout=300, env=os.environ.copy())
+                           "--metadata", target, "--model-id", str(trainer_model.id),
+                           "--saved-model", os.path.join(trainer_model.uri, "Format-Serving")],
+                          capture_output=True, text=True, timeout=300, env=os.environ.copy())
   assert pushed.returncode == 0, pushed.stderr[-3000:]
   assert json.loads(pushed.stdout)["version"] == 3
 
