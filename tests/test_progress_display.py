@@ -58,7 +58,7 @@ def test_run_on_a_terminal_shows_a_live_progress_line(tmp_path, penguins_dir):
   text = output.replace("\r\n", "\n")  # the terminal turns each \n into \r\n
   # Live updates: carriage returns, each redrawing the Trainer's line with
   # its progress bar, step / total, rate and last checkpoint.
-  live = re.findall(r"\r\[5/8\] CheckpointingTrainer: \[[#.]{20}\] +\d+%  step (\d+)/600  "
+  live = re.findall(r"\r\[\d/\d\] CheckpointingTrainer: \[[#.]{20}\] +\d+%  step (\d+)/600  "
                     r"(?:[\d.]+ steps/s|first step running, \d+ s)(?:  loss [\d.e-]+)?"
                     r"  last checkpoint: (none yet|step \d+)", text)
   steps = [int(step) for step, _ in live]
@@ -67,9 +67,9 @@ def test_run_on_a_terminal_shows_a_live_progress_line(tmp_path, penguins_dir):
   assert "step 200" in {checkpoint for _, checkpoint in live} or \
       "step 400" in {checkpoint for _, checkpoint in live}
   # Other stages are live lines too, and each ends on a line of its own.
-  assert re.search(r"\r\[3/8\] StatisticsGen: running, \d+ s", text)
+  assert re.search(r"\r\[\d/\d\] StatisticsGen: running, \d+ s", text)
   for stage in ("CsvExampleGen", "StatisticsGen", "CheckpointingTrainer", "Evaluator", "Pusher"):
-    assert re.search(rf"\r\[\d/8\] {stage}: done in [\d.]+ s\n", text), stage
+    assert re.search(rf"\r\[\d/\d\] {stage}: done in [\d.]+ s\n", text), stage
   assert re.search(rf"\rtraining finished: step {STEPS}/{STEPS}, [\d.]+ steps/s", text)
   # Permanent lines are not left behind by the live line: the summary
   # starts at the beginning of a line.
