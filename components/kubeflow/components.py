@@ -26,8 +26,8 @@ from tfx.components.evaluator import executor as evaluator_executor
 from tfx.dsl.components.base import base_beam_component, executor_spec
 from tfx.types import artifact_utils, standard_artifacts, standard_component_specs
 from tfx.types.component_spec import ChannelParameter, ExecutionParameter
-from tfx.utils import json_utils
 
+from ckptflow.components.evaluator.component import evaluator_spec
 from ckptflow.components.trainer import executor as trainer_executor
 from ckptflow.components.trainer.component import CheckpointingTrainer, CheckpointingTrainerSpec
 from ckptflow.components.kubeflow import baseline, trainer_attempt
@@ -153,16 +153,9 @@ class KubeflowEvaluator(evaluator_component.Evaluator):
   def __init__(self, *, examples: types.BaseChannel, model: types.BaseChannel,
                eval_config: tfma.EvalConfig, pipeline_name: str,
                baseline_model: types.BaseChannel | None = None):
-    spec = KubeflowEvaluatorSpec(
-        examples=examples, model=model, baseline_model=baseline_model,
-        feature_slicing_spec=None,
-        fairness_indicator_thresholds=json_utils.dumps(None),
-        example_splits=json_utils.dumps(None),
-        evaluation=types.Channel(type=standard_artifacts.ModelEvaluation),
-        eval_config=eval_config,
-        blessing=types.Channel(type=standard_artifacts.ModelBlessing),
-        schema=None, module_file=None, module_path=None,
-        **{BASELINE_PIPELINE_KEY: pipeline_name})
+    spec = evaluator_spec(KubeflowEvaluatorSpec, examples=examples, model=model,
+                          eval_config=eval_config, baseline_model=baseline_model,
+                          **{BASELINE_PIPELINE_KEY: pipeline_name})
     # TFX's Evaluator.__init__ builds its own spec class; skip to its base.
     base_beam_component.BaseBeamComponent.__init__(self, spec=spec)
     self.with_id("Evaluator")
