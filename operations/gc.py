@@ -16,7 +16,9 @@ Never: a labelled version, the newest version of a model, or anything whose
 path (symlinks resolved) is outside the home's roots (`Home.roots`: the
 home, its pipeline root included, and the serving root); such a candidate
 is skipped and said so, and every delete goes through the storage guard
-(`storage.remove_tree`), which refuses anything outside them again.
+(`storage.remove_tree`), which refuses anything outside them again. Served
+versions in a bucket (`--serving-dir s3://...`) are listed as skipped, not
+removed: this version collects served versions on disk only.
 
 How a served version goes (`collect`), so that TF Serving never loads a
 half-removed version:
@@ -149,8 +151,7 @@ def _roots(where: Home) -> tuple[str, ...]:
 def _version_removals(store: Store, where: Home, keep_versions: int,
                       model_name: str) -> tuple[list[Removal], list[Skipped]]:
   records = [r for r in promotion.served_versions(store, model_name) if not r.deleted
-             and os.path.isdir(serving.version_path(where.serving_root, model_name,
-                                                    r.version))]
+             and serving.version_exists(where.serving_root, model_name, r.version)]
   if not records:
     return [], []
   labelled = set(promotion.current_labels(store, model_name).values())
@@ -161,6 +162,10 @@ def _version_removals(store: Store, where: Home, keep_versions: int,
     if record.version in labelled or record.version in newest:
       continue
     path = serving.version_path(where.serving_root, model_name, record.version)
+    if storage.is_remote(path):
+      skipped.append(Skipped(VERSION, record.artifact_id, path,
+                             "in a bucket: gc removes served versions on disk only"))
+      continue
     if not storage.within_roots(path, _roots(where), strictly=True) or os.path.islink(path):
       skipped.append(Skipped(VERSION, record.artifact_id, path,
                              "outside the home's roots"))

@@ -36,12 +36,13 @@ Imports neither TensorFlow nor TFX at module level.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
 import json
 import logging
 import os
-from typing import Sequence
+from typing import Iterator, Sequence
 
 from ml_metadata.proto import metadata_store_pb2
 
@@ -279,7 +280,7 @@ def promote_checkpoint(store: Store, spec: str, *, home: str,
   pipeline_root = storage.check_creatable_dir(where.pipeline_root, "pipeline root")
   # The shared home lock: `doctor --repair` (and the recovery `run` starts
   # with) must not take this promotion's unfinished files for debris.
-  with shared_lock(home):
+  with shared_lock(home), _promoting(pipeline_root, record.id):
     existing = served_version_of(store, settings, record.id)
     if existing is not None:
       previous = promotion.move_label(store, settings.serving_root, settings.model_name,
@@ -295,14 +296,27 @@ def promote_checkpoint(store: Store, spec: str, *, home: str,
                                  label=label, force=force, user_reason=reason)
 
 
+@contextlib.contextmanager
+def _promoting(pipeline_root: str, checkpoint_id: int) -> Iterator[None]:
+  """One promotion of checkpoint `checkpoint_id` at a time (per home): a
+  second one waits, then finds the version the first pushed and moves its
+  label there instead of pushing a second copy. Not the export's own lock
+  (`export_checkpoint` takes that one inside)."""
+  directory = os.path.join(pipeline_root, checkpoint_export.EXPORT_DIR_NAME,
+                           f"checkpoint-{checkpoint_id}")
+  os.makedirs(directory, exist_ok=True)
+  with storage.file_lock(os.path.join(directory, ".promote.lock")):
+    yield
+
+
 def served_version_of(store: Store, settings: PromotionSettings,
                       checkpoint_id: int) -> promotion.ServedRecord | None:
   """The newest version of the model that was pushed from an export of
   checkpoint `checkpoint_id` and is still served (LIVE record, directory
   present under the serving root), or None. Read-only."""
   records = [r for r in promotion.served_versions(store, settings.model_name)
-             if not r.deleted and os.path.isdir(
-                 serving.version_path(settings.serving_root, r.model_name, r.version))]
+             if not r.deleted and serving.version_exists(settings.serving_root,
+                                                         r.model_name, r.version)]
   models = promotion.pushed_models(store, records)
   if not models:
     return None

@@ -192,6 +192,28 @@ def test_rollback_on_a_bucket_moves_stable_back_and_models_config_follows(bh):
   assert bh.doctor() == (0, [])
 
 
+def test_promoting_a_served_checkpoint_again_on_a_bucket_moves_the_label_to_its_version(bh):
+  again = json.loads(bh.cli("promote", f"step:{E2E_EVERY * 2}", "--force", "--json",
+                            "--reason", "back to step 200").stdout)
+  assert again["outcome"] == "relabelled" and again["served"]["version"] == 2
+  assert bh.models_config()[MODEL] == ([2], {"stable": 2})
+  assert storage.committed(f"{bh.serving}/{MODEL}/3") is None  # no copy pushed
+  history = json.loads(bh.cli("history", MODEL, "--json", serving=False).stdout)
+  entries = history["history"]
+  assert entries[-1]["version"] == 2 and "back to step 200" in json.dumps(entries[-1])
+  assert bh.doctor() == (0, [])
+
+
+def test_gc_lists_bucket_versions_as_skipped_and_removes_none(bh):
+  planned = json.loads(bh.cli("gc", "--keep-versions", "1", "--json").stdout)
+  skipped = {(s["kind"], s["path"]): s["why"] for s in planned["skipped"]}
+  assert skipped == {("version", f"{bh.serving}/{MODEL}/1"):
+                     "in a bucket: gc removes served versions on disk only"}, planned
+  assert not [r for r in planned["removed"] if r["kind"] == "version"]
+  assert storage.committed(f"{bh.serving}/{MODEL}/1") is not None
+  assert bh.doctor() == (0, [])
+
+
 def test_push_killed_mid_copy_is_never_listed_and_doctor_removes_it(bh):
   model = "penguin_killed"
   killed = bh.cli("promote", "latest", "--force", "--model-name", model, "--json",
@@ -219,14 +241,15 @@ def test_push_killed_mid_copy_is_never_listed_and_doctor_removes_it(bh):
 
 def test_two_promotes_racing_on_one_bucket_model_get_distinct_versions(bh):
   model = "penguin_race"
-  command = [sys.executable, "-m", "ckptflow.cli", "promote", "latest", "--force",
+  command = [sys.executable, "-m", "ckptflow.cli", "promote", "--force",
              "--model-name", model, "--home", str(bh.home), "--serving-dir", bh.serving,
              "--json"]
   env = os.environ | bh.env | {"TF_USE_LEGACY_KERAS": "1"}
-  # Labelled differently, so that models.config must list both versions.
-  racers = [subprocess.Popen(command + ["--label", label], stdout=subprocess.PIPE,
+  # Two checkpoints (promotions of one checkpoint take turns), labelled
+  # differently, so that models.config must list both versions.
+  racers = [subprocess.Popen(command + [spec, "--label", label], stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE, text=True, env=env)
-            for label in ("stable", "canary")]
+            for spec, label in ((f"step:{E2E_EVERY * 2}", "stable"), ("latest", "canary"))]
   outputs = [racer.communicate(timeout=900) for racer in racers]
   for racer, (_, stderr) in zip(racers, outputs):
     assert racer.returncode == 0, stderr[-3000:]

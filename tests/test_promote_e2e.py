@@ -360,22 +360,26 @@ def test_promote_killed_during_the_copy_leaves_no_partial_version_and_rerun_take
 # --- racing promotions ---------------------------------------------------------
 
 
-def test_two_promotions_racing_on_one_model_get_distinct_versions(home):
-  command = [sys.executable, "-m", "ckptflow.cli", "promote", "latest", "--force",
-             "--model-name", "penguin_race", "--home", str(home), "--json"]
+def _race(home, model_name, specs):
+  """Starts one `promote SPEC --force` per spec at once; their JSON documents."""
   env = os.environ | {"TF_USE_LEGACY_KERAS": "1"}
-  racers = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                             text=True, env=env) for _ in range(2)]
+  racers = [subprocess.Popen(
+      [sys.executable, "-m", "ckptflow.cli", "promote", spec, "--force", "--model-name",
+       model_name, "--home", str(home), "--json"],
+      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) for spec in specs]
   outputs = [racer.communicate(timeout=900) for racer in racers]
-
   for racer, (_, stderr) in zip(racers, outputs):
     assert racer.returncode == 0, stderr[-3000:]
-  documents = [json.loads(stdout) for stdout, _ in outputs]
+  return [json.loads(stdout) for stdout, _ in outputs]
+
+
+def test_two_promotions_racing_on_one_model_get_distinct_versions(home):
+  documents = _race(home, "penguin_race", ["step:200", "latest"])
+
   versions = sorted(d["served"]["version"] for d in documents)
   assert versions == [1, 2]
   assert len({d["served"]["path"] for d in documents}) == 2
-  # One export of the checkpoint, shared: exports of one checkpoint are serialised.
-  assert len({d["export"]["model_artifact_id"] for d in documents}) == 1
+  assert len({d["export"]["model_artifact_id"] for d in documents}) == 2
   assert all(d["eval_config_source"].startswith("Evaluator execution") for d in documents)
   for version in (1, 2):
     assert (home / "serving" / "penguin_race" / str(version) / "saved_model.pb").is_file()
@@ -384,6 +388,19 @@ def test_two_promotions_racing_on_one_model_get_distinct_versions(home):
   assert sorted(r.version for r in records) == [1, 2]
   assert len({r.artifact_id for r in records}) == 2
   assert (home / "serving" / "penguin_race" / ".last_version").read_text().strip() == "2"
+
+
+def test_two_promotions_of_one_checkpoint_racing_push_it_once(home):
+  documents = _race(home, "penguin_race_once", ["latest", "latest"])
+
+  outcomes = sorted(d["outcome"] for d in documents)
+  assert outcomes == ["pushed", "relabelled"], documents
+  assert {d["served"]["version"] for d in documents} == {1}
+  assert [n for n in served_dirs(home, "penguin_race_once") if not n.startswith(".")] == ["1"]
+  from ckptflow.components import promotion
+  records = promotion.served_versions(store_of(home), "penguin_race_once")
+  assert [r.version for r in records] == [1]
+  assert config_labels(home)["penguin_race_once"] == ([1], {"stable": 1})
 
 
 # --- rollback --------------------------------------------------------------------
