@@ -147,12 +147,15 @@ class Home:
 @dataclasses.dataclass(frozen=True)
 class HomeIdentity:
   """What HOME/.ckptflow-home.json says: `id`, the name of the home's
-  `ckptflow.Home` context in its store, and `metadata`, the store (None:
-  the home's own metadata.sqlite; a MySQL target is kept without its
-  password)."""
+  `ckptflow.Home` context in its store, `metadata`, the store (None: the
+  home's own metadata.sqlite; a MySQL target is kept without its
+  password), and `serving_dir`, the serving root the home's last `run`
+  pushed to when it is not HOME/serving (a bucket URI, an absolute path, or
+  a path relative to the home): commands given no --serving-dir use it."""
 
   id: str
   metadata: str | None = None
+  serving_dir: str | None = None
 
 
 def read_identity(home: str | Home) -> HomeIdentity | None:
@@ -173,18 +176,21 @@ def read_identity(home: str | Home) -> HomeIdentity | None:
                         f"({e}). Expected the JSON file ckptflow writes; remove it to "
                         "have the home adopted again") from e
   if (not isinstance(document, dict) or not isinstance(document.get("id"), str)
-      or not document["id"] or not isinstance(document.get("metadata"), (str, type(None)))):
+      or not document["id"] or not isinstance(document.get("metadata"), (str, type(None)))
+      or not isinstance(document.get("serving_dir"), (str, type(None)))):
     raise CkptflowError(f"home identity file {where.identity_file!r} is not "
-                        "{\"id\": ..., \"metadata\": ...}. Expected the JSON file "
-                        "ckptflow writes; remove it to have the home adopted again")
-  return HomeIdentity(id=document["id"], metadata=document.get("metadata") or None)
+                        "{\"id\": ..., \"metadata\": ..., \"serving_dir\": ...}. Expected "
+                        "the JSON file ckptflow writes; remove it to have the home adopted "
+                        "again")
+  return HomeIdentity(id=document["id"], metadata=document.get("metadata") or None,
+                      serving_dir=document.get("serving_dir") or None)
 
 
 def write_identity(home: str | Home, identity: HomeIdentity) -> str:
   """Writes the home's identity file atomically; returns its path."""
   where = _as_home(home)
-  text = json.dumps({"id": identity.id, "metadata": identity.metadata},
-                    indent=2, sort_keys=True) + "\n"
+  text = json.dumps({"id": identity.id, "metadata": identity.metadata,
+                     "serving_dir": identity.serving_dir}, indent=2, sort_keys=True) + "\n"
   try:
     return storage.atomic_write(where.identity_file, text)
   except OSError as e:

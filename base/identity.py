@@ -222,5 +222,30 @@ def check(store: Store, target: str, where: Home, *, adopt: bool = False
   return next(r for r in registrations(store) if r.id == home_id)
 
 
+def remember_serving_dir(where: Home) -> None:
+  """Records `where.serving_dir` (None: HOME/serving) in the home's
+  identity file as the serving root that commands given no --serving-dir
+  use (`run` calls it once the home is checked and adopted). A directory
+  inside the home is recorded relative to it, so that a copy of the home
+  uses its own."""
+  recorded = read_identity(where)
+  value = where.serving_dir
+  if value and not storage.is_remote(value) and storage.within_roots(value, [where.home]):
+    value = os.path.relpath(value, where.home)
+  if recorded is not None and recorded.serving_dir != value:
+    write_identity(where, dataclasses.replace(recorded, serving_dir=value))
+
+
+def serving_dir_of(home: str) -> str | None:
+  """The serving root the home's runs push to when it is not HOME/serving
+  (its identity file; a relative one is inside the home), or None."""
+  recorded = read_identity(home)
+  value = recorded.serving_dir if recorded is not None else None
+  if value and not storage.is_remote(value) and not os.path.isabs(value):
+    return os.path.join(os.path.abspath(home), value)
+  return value
+
+
 __all__ = ["CONTEXT_TYPE", "HomeMismatchError", "Registration", "check", "origin_of",
-           "private_store", "put_registration", "recordable_target", "registrations"]
+           "private_store", "put_registration", "recordable_target", "registrations",
+           "remember_serving_dir", "serving_dir_of"]

@@ -39,9 +39,19 @@ def _home(args) -> str:
   return os.path.abspath(args.home or default_home())
 
 
+def _serving_dir(args) -> str | None:
+  """--serving-dir if given, else the serving root the home's runs push to
+  (recorded in its identity file), else None (HOME/serving)."""
+  given = getattr(args, "serving_dir", None)
+  if given:
+    return given
+  from ckptflow.base import identity
+  return identity.serving_dir_of(_home(args))
+
+
 def _where(args) -> Home:
-  """The home the command works in, with its --serving-dir if it has one."""
-  return Home(_home(args), getattr(args, "serving_dir", None))
+  """The home the command works in, with its serving root (`_serving_dir`)."""
+  return Home(_home(args), _serving_dir(args))
 
 
 def _metadata_target(args) -> str:
@@ -315,6 +325,11 @@ def _config_from_args(args, command: str) -> PipelineConfig:
   if command == flags.RUN and args.metadata is not None:
     overrides.setdefault("run", {})["metadata"] = args.metadata
   config = config.replace(**{k: v for k, v in overrides.items() if v})
+  if command == flags.RUN and not config.serving.serving_dir:
+    from ckptflow.base import identity
+    recorded = identity.serving_dir_of(config.home)  # where this home's runs push
+    if recorded:
+      config = config.replace(serving={"serving_dir": recorded})
   from ckptflow.pipeline import runner
   runner.check_module(config)  # before the sample data is written into the home
   sample_data = not (command == flags.COMPILE and config.data.features)

@@ -57,7 +57,7 @@ from ckptflow.base.home import Home, shared_lock
 from ckptflow.base.names import validate_model_name
 from ckptflow.pipeline.config import PipelineConfig
 from ckptflow.base.errors import CheckpointError
-from ckptflow.base import mlmd, storage
+from ckptflow.base import identity, mlmd, storage
 from ckptflow.base.metadata import Store
 
 PROMOTION_DIR_NAME = "CheckpointPromotion"  # evaluations, under the pipeline root
@@ -127,7 +127,9 @@ def promotion_settings(store: Store, training: Training, *,
                        ) -> PromotionSettings:
   """The model name, serving root and EvalConfig for promoting a checkpoint
   of `training` (see the module docstring for the order of sources).
-  Flags (`model_name`, `serving_dir`) win over every source.
+  Flags (`model_name`, `serving_dir`) win over every source; the serving
+  root is then the config file's, else the one the home's runs push to
+  (`identity.serving_dir_of`), else HOME/serving.
 
   Raises:
     ConfigError: the config file is invalid.
@@ -139,7 +141,8 @@ def promotion_settings(store: Store, training: Training, *,
 
     from ckptflow.pipeline.pipeline import eval_config
     name = model_name or config.serving.model_name
-    root = Home(home, serving_dir or config.serving.serving_dir or None).serving_root
+    root = Home(home, serving_dir or config.serving.serving_dir
+                or identity.serving_dir_of(home)).serving_root
     return PromotionSettings(
         model_name=validate_model_name(name), serving_root=root,
         eval_config_json=json_format.MessageToJson(eval_config(config)),
@@ -156,7 +159,7 @@ def promotion_settings(store: Store, training: Training, *,
       except (ValueError, KeyError, TypeError):
         name = None
   name = validate_model_name(name or PipelineConfig().serving.model_name)
-  root = Home(home, serving_dir).serving_root
+  root = Home(home, serving_dir or identity.serving_dir_of(home)).serving_root
   recorded = _recorded(store, training, "Evaluator", "eval_config")
   if recorded is not None:
     execution, eval_config_json = recorded
@@ -251,8 +254,8 @@ def promote_checkpoint(store: Store, spec: str, *, home: str,
   against the stable version, and pushes it if blessed or `force`d.
 
   `home` holds the pipeline root (exports and evaluations are written under
-  HOME/pipeline_root) and, unless `serving_dir` or the config says
-  otherwise, the serving root (HOME/serving). `reason` (the user's
+  HOME/pipeline_root) and, unless `serving_dir`, the config or the home's
+  runs say otherwise, the serving root (HOME/serving). `reason` (the user's
   `--reason`) is recorded with the push or relabel.
 
   Raises (before anything is written):

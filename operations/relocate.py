@@ -219,7 +219,9 @@ def relocate(target: str, where: Home, *, dry_run: bool = False) -> Relocation:
                else mine.id if mine is not None else uuid.uuid4().hex)
     identity.put_registration(store, registration, home_id=home_id, where=where,
                               serving_roots=serving_roots)
-    write_identity(where, HomeIdentity(home_id, recorded))
+    # The serving root the home's runs push to stays (inside the home it is
+    # recorded relative to it).
+    write_identity(where, HomeIdentity(home_id, recorded, mine.serving_dir if mine else None))
     if os.path.isdir(where.serving_root):
       promotion.sync_models_config(store, where.serving_root)
   plan.applied = True

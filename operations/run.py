@@ -29,6 +29,7 @@ def run(config: PipelineConfig) -> runner.RunSummary:
   runner.prepare_home(config)
   store = metadata.open_store(config.metadata_target)  # reachable, a real MLMD store
   identity.check(store, config.metadata_target, config.home_layout, adopt=True)
+  identity.remember_serving_dir(config.home_layout)  # the default of later commands
   doctor.recover(config.metadata_target, config.home_layout)
   for note in checked.notes:
     _log.info("%s", note)

@@ -89,7 +89,7 @@ def test_first_writing_command_adopts_an_old_home_and_writes_its_identity(toy):
   assert (registration.id, registration.home) == (mine.id, str(toy.home))
   assert registration.serving_roots == (str(toy.serving),)
   with open(toy.where().identity_file) as f:
-    assert json.load(f) == {"id": mine.id, "metadata": None}
+    assert json.load(f) == {"id": mine.id, "metadata": None, "serving_dir": None}
 
 
 def test_adoption_is_done_once(home):
@@ -457,3 +457,43 @@ def test_the_same_home_through_a_symlink_is_not_a_copy(home, tmp_path):
   link.symlink_to(home.home, target_is_directory=True)
   result = ckptflow("doctor", "--home", str(link))
   assert result.returncode == 0, result.stderr
+
+
+# --- the serving root a home's runs push to ------------------------------------
+
+
+def test_commands_given_no_serving_dir_use_the_one_the_home_s_runs_push_to(home, tmp_path):
+  from ckptflow.cli import main as cli
+  elsewhere = str(tmp_path / "shared-serving")
+  identity.remember_serving_dir(Home(str(home.home), elsewhere))
+  assert read_identity(str(home.home)).serving_dir == elsewhere
+  for argv in (["rollback", "penguin"], ["gc", "--dry-run"], ["doctor"], ["checkpoints"],
+               ["promote", "latest"]):
+    args = cli.build_parser().parse_args([*argv, "--home", str(home.home)])
+    assert cli._where(args).serving_root == elsewhere, argv
+  given = str(tmp_path / "given")
+  args = cli.build_parser().parse_args(["rollback", "penguin", "--home", str(home.home),
+                                        "--serving-dir", given])
+  assert cli._where(args).serving_root == given
+  # A run that pushes to HOME/serving again makes it the default again.
+  identity.remember_serving_dir(Home(str(home.home)))
+  assert read_identity(str(home.home)).serving_dir is None
+  args = cli.build_parser().parse_args(["rollback", "penguin", "--home", str(home.home)])
+  assert cli._where(args).serving_root == str(home.home / "serving")
+
+
+def test_a_serving_dir_inside_the_home_is_recorded_relative_so_a_copy_uses_its_own(
+    home, tmp_path):
+  identity.remember_serving_dir(Home(str(home.home), str(home.home / "other-serving")))
+  with open(Home(str(home.home)).identity_file) as f:
+    assert json.load(f)["serving_dir"] == "other-serving"
+  copy = tmp_path / "copy"
+  shutil.copytree(home.home, copy)
+  assert identity.serving_dir_of(str(copy)) == str(copy / "other-serving")
+  original = snapshot(home.home)
+  ckptflow("doctor", "--relocate", "--home", str(copy))
+  assert identity.serving_dir_of(str(copy)) == str(copy / "other-serving")
+  [registration] = identity.registrations(open_store(str(copy / "metadata.sqlite"),
+                                                     create=False))
+  assert all(not r.startswith(str(home.home)) for r in registration.roots), registration
+  assert snapshot(home.home) == original

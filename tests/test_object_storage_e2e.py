@@ -193,8 +193,10 @@ def test_rollback_on_a_bucket_moves_stable_back_and_models_config_follows(bh):
 
 
 def test_promoting_a_served_checkpoint_again_on_a_bucket_moves_the_label_to_its_version(bh):
+  # No --serving-dir: the home remembers the serving root its run pushed to.
   again = json.loads(bh.cli("promote", f"step:{E2E_EVERY * 2}", "--force", "--json",
-                            "--reason", "back to step 200").stdout)
+                            "--reason", "back to step 200", serving=False).stdout)
+  assert again["serving_root"] == bh.serving
   assert again["outcome"] == "relabelled" and again["served"]["version"] == 2
   assert bh.models_config()[MODEL] == ([2], {"stable": 2})
   assert storage.committed(f"{bh.serving}/{MODEL}/3") is None  # no copy pushed
@@ -205,7 +207,7 @@ def test_promoting_a_served_checkpoint_again_on_a_bucket_moves_the_label_to_its_
 
 
 def test_gc_lists_bucket_versions_as_skipped_and_removes_none(bh):
-  planned = json.loads(bh.cli("gc", "--keep-versions", "1", "--json").stdout)
+  planned = json.loads(bh.cli("gc", "--keep-versions", "1", "--json", serving=False).stdout)
   skipped = {(s["kind"], s["path"]): s["why"] for s in planned["skipped"]}
   assert skipped == {("version", f"{bh.serving}/{MODEL}/1"):
                      "in a bucket: gc removes served versions on disk only"}, planned
