@@ -396,6 +396,9 @@ def test_two_promotions_of_one_checkpoint_racing_push_it_once(home):
   outcomes = sorted(d["outcome"] for d in documents)
   assert outcomes == ["pushed", "relabelled"], documents
   assert {d["served"]["version"] for d in documents} == {1}
+  # One export of the checkpoint: the second promotion exported nothing.
+  exports = {d["outcome"]: d["export"] for d in documents}
+  assert exports["relabelled"] is None and exports["pushed"]["model_artifact_id"]
   assert [n for n in served_dirs(home, "penguin_race_once") if not n.startswith(".")] == ["1"]
   from ckptflow.components import promotion
   records = promotion.served_versions(store_of(home), "penguin_race_once")
